@@ -1,0 +1,1 @@
+"""Experiment entry points: thin absl mains around library ``run`` functions."""

@@ -1,0 +1,1 @@
+"""Latency and accuracy estimators for OFA sub-networks."""
