@@ -1,0 +1,52 @@
+"""Config of a latency measurement campaign (``experiments/measure_latency.py``).
+
+Launch (fields are a contract; resolutions and batch sizes are comma strings)::
+
+    python -m experiments.measure_latency \
+      --config=experiments/configs/measure_latency.py \
+      --config.num_archs=100 --config.resolutions=128,160 --config.batch_sizes=1 \
+      --config.width=1.2 --config.seed=0 --config.store=/tmp/lat.sqlite --workdir=/tmp/lat
+
+Cluster shards: same command with ``--config.shard_index=i --config.num_shards=n``
+on each host (each with its own store file; merge them afterwards).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Default campaign: 100 archs at 128 and 160, batch 1, float32, this host's default device."""
+    c = ml_collections.ConfigDict()
+    c.num_archs = 100
+    c.seed = 0
+    c.resolutions = '128,160'
+    c.batch_sizes = '1'
+    c.width = 1.2
+    c.num_classes = 1000
+    c.dtype = 'float32'
+    c.device = ''  # '' = default device; or 'cpu', 'gpu:0', 'tpu:0'.
+    c.store = ''  # '' = WORKDIR/latency.sqlite.
+    c.shard_index = 0
+    c.num_shards = 1
+    c.time_budget_s = 0.0  # 0 = no limit; else stop starting measurements after this.
+    c.depthwise = 'auto'  # 'auto', 'conv' or 'shifted' (see ofa_jax.depthwise).
+    c.cpu_affinity = ''  # '' = as launched; 'N' = first N allowed cores; '0,2' = these.
+    c.microbenchmarks = True  # Copy-bandwidth and matmul features in the fingerprint.
+    c.progress = True
+
+    c.protocol = ml_collections.ConfigDict()
+    c.protocol.warmup = 5
+    c.protocol.repeats = 30
+    c.protocol.min_time = 0.5
+    c.protocol.max_time = 30.0
+    c.protocol.number = 0
+    c.protocol.min_sample = 0.002
+    c.protocol.trim = 0.2
+    c.protocol.statistic = 'median'
+    c.protocol.rounds = 1
+
+    c.drift = ml_collections.ConfigDict()
+    c.drift.interval = 20  # Re-time the reference after this many rows; 0 = off.
+    c.drift.tolerance = 0.15  # Relative change of the reference that flags rows.
+    c.drift.action = 'flag'  # 'flag', 'remeasure' (at the end, once back to baseline), 'none'.
+    return c

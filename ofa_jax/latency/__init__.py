@@ -1,0 +1,1 @@
+"""Latency measurement of compiled sub-networks, device fingerprints and the latency store."""
