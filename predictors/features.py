@@ -1,0 +1,276 @@
+"""Input features of the latency predictors, computed from ``Arch`` batches under jit.
+
+Three families:
+
+* ``onehot``: OFA's 128-d one-hot (the 2101.00732 MLP's input);
+* block indices for the additive model: per position the active flag and the
+  (kernel, expand) choice index, plus interpolation weights of the arch's
+  resolution between resolution *knots* (the learned block-cost table is
+  indexed by knot, position and choice; costs between knots are linear in
+  r^2, since a block's work scales with its feature-map area);
+* dense scalars: analytic log-MACs and log-params of the whole sub-network,
+  resolution, per-stage depth, log batch size and standardised hardware
+  features (datasheet values from :mod:`ofa_jax.hardware`, log-scaled) or
+  HELP-style reference latencies (log ms). The 2101.00732 code fed raw core
+  counts and GB/s; here every scalar is standardised with statistics stored in
+  the :class:`FeatureSpec`, which is saved with the model.
+
+Analytic MACs/params are computed here from :mod:`ofa_jax.spec` tables
+(convolutions and SE, biases and BN ignored); they only serve as features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import encoding
+from ofa_jax import hardware
+from ofa_jax import space
+from ofa_jax import spec as spec_lib
+
+NUM_CHOICES = len(space.KERNEL_CHOICES) * len(space.EXPAND_CHOICES)
+DEFAULT_KNOTS = (128, 144, 160, 176, 192, 208, 224)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """Everything needed to turn archs (+ device context) into model inputs.
+
+    Attributes:
+      width: supernet width multiplier (1.0 or 1.2), for channel tables.
+      knots: resolutions at which the additive model stores block costs.
+      scalar_mean / scalar_std: standardisation of the arch scalars
+        (log MACs, log params, resolution/224).
+      batch_mean / batch_std: standardisation of log batch size.
+      hw_mean / hw_std: standardisation of ``hardware.raw_features``.
+      ref_mean / ref_std: standardisation of log reference latencies.
+      num_refs: number of reference latencies (HELP variant), 0 if unused.
+    """
+
+    width: float = 1.2
+    knots: tuple[int, ...] = DEFAULT_KNOTS
+    scalar_mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    scalar_std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    batch_mean: float = 0.0
+    batch_std: float = 1.0
+    hw_mean: tuple[float, ...] = (0.0,) * len(hardware.FEATURE_NAMES)
+    hw_std: tuple[float, ...] = (1.0,) * len(hardware.FEATURE_NAMES)
+    ref_mean: float = 0.0
+    ref_std: float = 1.0
+    num_refs: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> 'FeatureSpec':
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------
+# Static tables (numpy, per width), used as compile-time constants.
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(width: float) -> dict[str, np.ndarray]:
+    """Per (resolution slot, position, choice) MACs/params and fixed terms."""
+    net = spec_lib.net_spec(width)
+    pos_t = spec_lib.position_tables(net)
+    n_r = len(space.RESOLUTIONS)
+    macs = np.zeros((n_r, space.NUM_BLOCKS, NUM_CHOICES), np.float64)
+    params = np.zeros((space.NUM_BLOCKS, NUM_CHOICES), np.float64)
+    fixed_macs = np.zeros((n_r,), np.float64)
+    for ri, r in enumerate(space.RESOLUTIONS):
+        stage_in = spec_lib.stage_input_sizes(r)
+        for p in range(space.NUM_BLOCKS):
+            stage, index = divmod(p, space.MAX_DEPTH)
+            stride = int(pos_t['stride'][p])
+            size = stage_in[stage]
+            if index > 0:
+                size = spec_lib.conv_out_size(size, spec_lib.STAGE_STRIDES[stage])
+            out = spec_lib.conv_out_size(size, stride)
+            cin, cout = int(pos_t['in_channels'][p]), int(pos_t['out_channels'][p])
+            for ki, k in enumerate(space.KERNEL_CHOICES):
+                for ei, _ in enumerate(space.EXPAND_CHOICES):
+                    mid = int(pos_t['mid_channels'][p, ei])
+                    se = net.se_channels(mid) if pos_t['se'][p] else 0
+                    c = ki * len(space.EXPAND_CHOICES) + ei
+                    macs[ri, p, c] = (size * size * cin * mid + out * out * mid * k * k +
+                                      2 * mid * se + out * out * mid * cout)
+                    params[p, c] = cin * mid + mid * k * k + 2 * mid * se + mid * cout
+        s1 = spec_lib.conv_out_size(r, 2)
+        f = spec_lib.final_size(r)
+        c0 = net.first_channels
+        fixed_macs[ri] = (s1 * s1 * 27 * c0 + s1 * s1 * c0 * 9 + s1 * s1 * c0 * c0 +
+                          f * f * net.stage_channels[-1] * net.final_channels +
+                          net.final_channels * net.feature_channels +
+                          net.feature_channels * net.num_classes)
+    c0 = net.first_channels
+    fixed_params = (27 * c0 + 9 * c0 + c0 * c0 + net.stage_channels[-1] * net.final_channels +
+                    net.final_channels * net.feature_channels +
+                    net.feature_channels * net.num_classes)
+    return {
+        'macs': macs.astype(np.float32),
+        'params': params.astype(np.float32),
+        'fixed_macs': fixed_macs.astype(np.float32),
+        'fixed_params': np.float32(fixed_params),
+    }
+
+
+def _gene_index(values, choices: Sequence[int]):
+    """Choice index of gene values (3/5/7 -> 0/1/2) without a search."""
+    lut = np.zeros((max(choices) + 1,), np.int32)
+    for i, c in enumerate(choices):
+        lut[c] = i
+    return jnp.asarray(lut)[jnp.clip(jnp.asarray(values), 0, lut.size - 1)]
+
+
+def choice_index(archs: space.Arch):
+    """int32[..., 20]: ``kernel_index * 3 + expand_index`` of every position."""
+    ki = _gene_index(archs.kernel, space.KERNEL_CHOICES)
+    ei = _gene_index(archs.expand, space.EXPAND_CHOICES)
+    return (ki * len(space.EXPAND_CHOICES) + ei).astype(jnp.int32)
+
+
+def resolution_slot(resolution):
+    """Index of a resolution in ``space.RESOLUTIONS``."""
+    return jnp.clip((jnp.asarray(resolution) - space.RESOLUTIONS[0]) // 4, 0,
+                    len(space.RESOLUTIONS) - 1)
+
+
+def knot_weights(resolution, knots: Sequence[int]):
+    """(lo, w) such that value(r) = (1 - w) table[lo] + w table[lo + 1], linear in r^2.
+
+    Resolutions outside the knots clamp to the end knots. With a single knot,
+    ``lo = 0`` and ``w = 0``.
+    """
+    r = jnp.asarray(resolution, jnp.float32)
+    if len(knots) == 1:
+        return jnp.zeros(r.shape, jnp.int32), jnp.zeros(r.shape, jnp.float32)
+    k = jnp.asarray(knots, jnp.float32)
+    lo = jnp.clip(jnp.searchsorted(k, r, side='right') - 1, 0, len(knots) - 2).astype(jnp.int32)
+    k0, k1 = k[lo], k[lo + 1]
+    w = jnp.clip((r * r - k0 * k0) / (k1 * k1 - k0 * k0), 0.0, 1.0)
+    return lo, w
+
+
+def analytic_counts(archs: space.Arch, width: float = 1.2):
+    """(MACs, params) of each arch as float32 arrays (analytic, conv + SE weights)."""
+    t = _tables(spec_lib.check_width(width))
+    active = space.active_blocks(jnp.asarray(archs.depth))
+    c = choice_index(archs)
+    slot = resolution_slot(archs.resolution)
+    pos = jnp.arange(space.NUM_BLOCKS)
+    macs = jnp.asarray(t['macs'])[slot[..., None], pos, c]
+    params = jnp.asarray(t['params'])[pos, c]
+    total_macs = jnp.asarray(t['fixed_macs'])[slot] + jnp.sum(jnp.where(active, macs, 0.0), -1)
+    total_params = t['fixed_params'] + jnp.sum(jnp.where(active, params, 0.0), -1)
+    return total_macs, total_params
+
+
+def raw_scalars(archs: space.Arch, width: float = 1.2):
+    """float32[..., 3]: log MACs, log params, resolution / 224 (unstandardised)."""
+    macs, params = analytic_counts(archs, width)
+    r = jnp.asarray(archs.resolution, jnp.float32) / 224.0
+    return jnp.stack([jnp.log(macs), jnp.log(params), r], axis=-1)
+
+
+# ---------------------------------------------------------------------------
+# Model inputs.
+
+
+def arch_inputs(archs: space.Arch, fspec: FeatureSpec) -> dict[str, Any]:
+    """Model inputs that depend only on the architecture (jit friendly).
+
+    Returns a dict with ``onehot`` [..., 128], ``choice`` int[..., 20],
+    ``active`` bool[..., 20], ``knot_lo`` int[...], ``knot_w`` [...],
+    ``depth`` [..., 5] (scaled to [-1, 1]) and ``scalars`` [..., 3] standardised.
+    """
+    lo, w = knot_weights(archs.resolution, fspec.knots)
+    scal = (raw_scalars(archs, fspec.width) - jnp.asarray(fspec.scalar_mean)) / jnp.asarray(
+        fspec.scalar_std)
+    return {
+        'onehot': encoding.onehot128(archs),
+        'choice': choice_index(archs),
+        'active': space.active_blocks(jnp.asarray(archs.depth)),
+        'knot_lo': lo,
+        'knot_w': w,
+        'depth': (jnp.asarray(archs.depth, jnp.float32) - 3.0),
+        'scalars': scal.astype(jnp.float32),
+    }
+
+
+def context_vector(fspec: FeatureSpec,
+                   *,
+                   batch_size: float | None = None,
+                   hw: Sequence[float] | None = None,
+                   refs: Sequence[float] | None = None) -> np.ndarray:
+    """Standardised device context: [log batch, hardware features..., log refs...].
+
+    Args:
+      fspec: the feature spec holding the statistics.
+      batch_size: inference batch size (None -> omitted).
+      hw: ``hardware.raw_features`` of the device (None -> omitted).
+      refs: latencies (ms) of the reference archs on the device (None -> omitted).
+    """
+    parts = []
+    if batch_size is not None:
+        parts.append([(math.log(batch_size) - fspec.batch_mean) / fspec.batch_std])
+    if hw is not None:
+        parts.append(
+            (np.asarray(hw, np.float64) - np.asarray(fspec.hw_mean)) / np.asarray(fspec.hw_std))
+    if refs is not None:
+        parts.append((np.log(np.asarray(refs, np.float64)) - fspec.ref_mean) / fspec.ref_std)
+    if not parts:
+        return np.zeros((0,), np.float32)
+    return np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in parts]).astype(np.float32)
+
+
+def fit_feature_spec(archs: space.Arch,
+                     *,
+                     width: float = 1.2,
+                     knots: Sequence[int] | None = None,
+                     batch_sizes: Sequence[float] | None = None,
+                     hw_features: Sequence[Sequence[float]] | None = None,
+                     ref_latencies: Sequence[Sequence[float]] | None = None) -> FeatureSpec:
+    """Fits the standardisation statistics on training data.
+
+    Args:
+      archs: the training architectures.
+      width: supernet width.
+      knots: block-cost resolution knots; default: the distinct training
+        resolutions when there are at most 8 of them (exact per-resolution
+        tables), else every 16 px from 128 to 224.
+      batch_sizes / hw_features / ref_latencies: per training device values
+        (one entry per device, not per row).
+    """
+    scal = np.asarray(raw_scalars(archs, width), np.float64).reshape(-1, 3)
+    if knots is None:
+        res = sorted(set(np.asarray(archs.resolution).reshape(-1).tolist()))
+        knots = tuple(res) if len(res) <= 8 else DEFAULT_KNOTS
+    kw = {}
+    if batch_sizes:
+        lb = np.log(np.asarray(batch_sizes, np.float64))
+        kw.update(batch_mean=float(lb.mean()), batch_std=float(max(lb.std(), 1.0)))
+    if hw_features:
+        h = np.asarray(hw_features, np.float64)
+        # Floor on the spread: two GPUs with close specs must not blow up the scale.
+        kw.update(hw_mean=tuple(h.mean(0).tolist()),
+                  hw_std=tuple(np.maximum(h.std(0), 0.1).tolist()))
+    if ref_latencies:
+        lr = np.log(np.asarray(ref_latencies, np.float64))
+        kw.update(ref_mean=float(lr.mean()),
+                  ref_std=float(max(lr.std(), 1e-3)),
+                  num_refs=int(lr.shape[-1]))
+    return FeatureSpec(width=float(width),
+                       knots=tuple(int(k) for k in knots),
+                       scalar_mean=tuple(scal.mean(0).tolist()),
+                       scalar_std=tuple(np.maximum(scal.std(0), 1e-6).tolist()),
+                       **kw)

@@ -1,0 +1,107 @@
+"""Latency predictor models (Flax linen modules) and a registry by name.
+
+Every model maps the input dict of :func:`predictors.features.arch_inputs`
+(plus ``context`` [..., C] for device-conditioned models) to a normalised
+target ``[...]``; :mod:`predictors.train` owns the normalisation.
+
+* ``mlp``: the 2101.00732 predictor, 128 -> 400 -> 400 -> 400 -> 1 with ReLU
+  on OFA's one-hot.
+* ``additive``: sum over active blocks of learned per-block costs from a table
+  indexed by (resolution knot, position, kernel x expand), linear in r^2
+  between knots, plus a per-resolution fixed term, plus a small residual MLP on
+  cheap whole-net scalars (depths, resolution, analytic counts, the additive
+  total) for what does not add up. Scoring gathers 2 x 20 table entries per
+  arch and never builds a one-hot.
+* ``context_mlp``: an MLP over [one-hot, arch scalars, device context]
+  (batch size, hardware features or HELP-style reference latencies), for one
+  model over many devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ofa_jax import space
+from predictors import features
+
+
+class PaperMLP(nn.Module):
+    """128 -> 400 -> 400 -> 400 -> 1, ReLU (2101.00732, same as OFA's predictors)."""
+
+    hidden: Sequence[int] = (400, 400, 400)
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, Any]) -> jnp.ndarray:
+        x = inputs['onehot']
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(1, name='head')(x)[..., 0]
+
+
+class AdditiveModel(nn.Module):
+    """Learned per-block cost table + fixed terms + small residual MLP.
+
+    Attributes:
+      num_knots: resolution knots of the table (``FeatureSpec.knots``).
+      residual_hidden: width of the residual MLP; 0 disables it.
+      residual_onehot: also feed OFA's one-hot to the residual MLP.
+    """
+
+    num_knots: int
+    residual_hidden: int = 32
+    residual_onehot: bool = False
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, Any]) -> jnp.ndarray:
+        n_pos, n_c = space.NUM_BLOCKS, features.NUM_CHOICES
+        table = self.param('block_table', nn.initializers.zeros, (self.num_knots * n_pos * n_c,))
+        fixed = self.param('fixed', nn.initializers.zeros, (self.num_knots,))
+        lo, w = inputs['knot_lo'], inputs['knot_w']
+        hi = jnp.minimum(lo + 1, self.num_knots - 1)
+        # Flat gathers from the table: no [batch, 20, knots*9] one-hot is built.
+        pos_c = jnp.arange(n_pos) * n_c + inputs['choice']
+        cost_lo = table[lo[..., None] * (n_pos * n_c) + pos_c]
+        cost_hi = table[hi[..., None] * (n_pos * n_c) + pos_c]
+        cost = cost_lo + w[..., None] * (cost_hi - cost_lo)
+        total = jnp.sum(jnp.where(inputs['active'], cost, 0.0), axis=-1)
+        total = total + fixed[lo] + w * (fixed[hi] - fixed[lo])
+        if not self.residual_hidden:
+            return total
+        parts = [inputs['depth'], inputs['scalars'], total[..., None]]
+        if self.residual_onehot:
+            # Richer but slower residual (builds the 128-d one-hot): for accuracy runs.
+            parts.append(inputs['onehot'])
+        x = jnp.concatenate(parts, axis=-1)
+        x = nn.tanh(nn.Dense(self.residual_hidden, name='res_in')(x))
+        res = nn.Dense(1, kernel_init=nn.initializers.zeros, name='res_out')(x)[..., 0]
+        return total + res
+
+
+class ContextMLP(nn.Module):
+    """MLP over [one-hot, arch scalars, device context] for many devices at once."""
+
+    hidden: Sequence[int] = (256, 256, 256)
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, Any]) -> jnp.ndarray:
+        x = jnp.concatenate([inputs['onehot'], inputs['scalars'], inputs['context']], axis=-1)
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(1, name='head')(x)[..., 0]
+
+
+MODEL_NAMES = ('mlp', 'additive', 'context_mlp')
+
+
+def build_model(name: str, *, fspec: features.FeatureSpec, **kwargs: Any) -> nn.Module:
+    """Builds a model by name (``MODEL_NAMES``); extra keyword args go to the module."""
+    if name == 'mlp':
+        return PaperMLP(**kwargs)
+    if name == 'additive':
+        return AdditiveModel(num_knots=len(fspec.knots), **kwargs)
+    if name == 'context_mlp':
+        return ContextMLP(**kwargs)
+    raise ValueError(f'model: unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')
