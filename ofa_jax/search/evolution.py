@@ -1,0 +1,410 @@
+"""Vectorized evolutionary search over OFA sub-networks, in the shape of evosax.
+
+OFA's EvolutionFinder (Cai et al., ICLR 2020) re-expressed as pure functions on
+fixed-size integer populations so that a whole search is one ``lax.scan`` and
+many searches (budgets x seeds) are one ``jax.vmap``:
+
+* :class:`EvoParams` holds the hyper-parameters (OFA's defaults: population
+  100, 500 generations, parent ratio 0.25, mutation ratio 0.5, mutate
+  probability 0.1) and :class:`EvoState` the current parents; both are
+  ``flax.struct.dataclass`` pytrees.
+* :func:`init` builds a feasible first population, :func:`ask` proposes the
+  children of one generation, :func:`tell` keeps the best, and :func:`evolve`
+  runs all generations.
+
+Objective and constraint are pure functions of a batched :class:`Arch`:
+``objective(archs) -> float32[n]`` (higher is better) and
+``constraint(archs) -> bool[n]``. Budgets live inside the constraint's closure
+as traced values, so ``jax.vmap`` over budgets and seeds never recompiles.
+
+Infeasible candidates are handled inside the jitted step:
+
+* the first population is drawn uniformly, and every slot that misses the
+  constraint is redrawn with each gene replaced by its smallest value with a
+  probability that rises to 1 over ``init_rounds`` rounds; the last round is the
+  smallest sub-network at the smallest searched resolution, so a slot stays
+  infeasible only if that network is infeasible too;
+* each child (mutant or crossover) is redrawn up to ``max_tries`` times until it
+  is feasible, and otherwise replaced by (a copy of) its first parent, which is
+  feasible; OFA redraws without bound.
+
+So every returned arch meets the constraint unless no sub-network of the space
+(over the searched resolutions) can; that case is returned with
+``feasible=False`` and callers must report it, never present it as a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ofa_jax import space
+
+Objective = Callable[[space.Arch], jax.Array]
+Constraint = Callable[[space.Arch], jax.Array]
+
+# OFA's tutorial EvolutionFinder searches these resolutions (its arch manager),
+# matching the public Note10 lookup tables; the full space is space.RESOLUTIONS.
+OFA_FINDER_RESOLUTIONS = (160, 176, 192, 208, 224)
+
+
+@flax.struct.dataclass
+class EvoParams:
+    """Hyper-parameters of :func:`evolve` (OFA's EvolutionFinder defaults).
+
+    Attributes:
+      mutate_prob: probability of resampling the resolution, each block's
+        (kernel, expand) pair, and each stage's depth in a mutant (traced).
+      population_size: children per generation (static).
+      num_generations: generations run by :func:`evolve` (static).
+      parent_ratio: fraction of the population kept as parents (static).
+      mutation_ratio: fraction of the children made by mutation; the rest
+        by uniform crossover of two parents (static).
+      resolutions: the input resolutions searched (static).
+      max_tries: redraws of an infeasible child before it falls back to its
+        parent (static).
+      init_rounds: redraw rounds, shrinking toward the smallest arch, that
+        build the feasible first population (static).
+    """
+
+    mutate_prob: Any = 0.1
+    population_size: int = flax.struct.field(pytree_node=False, default=100)
+    num_generations: int = flax.struct.field(pytree_node=False, default=500)
+    parent_ratio: float = flax.struct.field(pytree_node=False, default=0.25)
+    mutation_ratio: float = flax.struct.field(pytree_node=False, default=0.5)
+    resolutions: tuple[int, ...] = flax.struct.field(pytree_node=False,
+                                                     default=OFA_FINDER_RESOLUTIONS)
+    max_tries: int = flax.struct.field(pytree_node=False, default=4)
+    init_rounds: int = flax.struct.field(pytree_node=False, default=20)
+
+    @property
+    def num_parents(self) -> int:
+        """Parents kept each generation (25 by default)."""
+        return max(1, int(round(self.population_size * self.parent_ratio)))
+
+    @property
+    def num_mutants(self) -> int:
+        """Children made by mutation each generation (50 by default)."""
+        return int(round(self.population_size * self.mutation_ratio))
+
+    @property
+    def num_evaluations(self) -> int:
+        """Objective evaluations of one :func:`evolve` run."""
+        return self.population_size * (self.num_generations + 1)
+
+
+def make_params(*, resolutions: Sequence[int] = OFA_FINDER_RESOLUTIONS, **kwargs) -> EvoParams:
+    """Validated :class:`EvoParams`; raises ``ValueError`` naming the bad field."""
+    resolutions = space.parse_resolutions(resolutions)
+    params = EvoParams(resolutions=tuple(sorted(resolutions)), **kwargs)
+    checks = {
+        'population_size': params.population_size >= 2,
+        'num_generations': params.num_generations >= 1,
+        'parent_ratio': 0.0 < params.parent_ratio <= 1.0,
+        'mutation_ratio': 0.0 <= params.mutation_ratio <= 1.0,
+        'max_tries': params.max_tries >= 1,
+        'init_rounds': params.init_rounds >= 1,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(f'{name}: value {getattr(params, name)!r} is out of range '
+                             '(population_size >= 2, num_generations >= 1, 0 < parent_ratio '
+                             '<= 1, 0 <= mutation_ratio <= 1, max_tries >= 1, '
+                             'init_rounds >= 1)')
+    return params
+
+
+@flax.struct.dataclass
+class EvoState:
+    """The search state: the current parents, best first.
+
+    Attributes:
+      parents: Arch with batch shape [num_parents] (genes past a stage's depth
+        are kept, as in OFA, so a later depth mutation can reuse them).
+      fitness: float32[num_parents], objective of each parent.
+      feasible: bool[num_parents], whether each parent meets the constraint.
+      generation: int32, generations told so far.
+    """
+
+    parents: space.Arch
+    fitness: jax.Array
+    feasible: jax.Array
+    generation: jax.Array
+
+
+@flax.struct.dataclass
+class EvoResult:
+    """Outcome of one search (batched over leading axes when vmapped).
+
+    Attributes:
+      arch: the best arch found (canonical).
+      objective: its objective value.
+      feasible: whether it meets the constraint; False only when no arch of
+        the space over the searched resolutions could be found that does
+        (e.g. a latency budget below the smallest sub-network's latency).
+      history: float32[num_generations], best objective after each generation.
+      state: the final :class:`EvoState` (None for random search).
+    """
+
+    arch: space.Arch
+    objective: jax.Array
+    feasible: jax.Array
+    history: jax.Array
+    state: Any = None
+
+
+# ---------------------------------------------------------------------------
+# Genetic operators (batched, jit friendly).
+
+
+def _choice(key: jax.Array, choices: Sequence[int], shape: tuple[int, ...]) -> jax.Array:
+    values = jnp.asarray(choices, jnp.int32)
+    return values[jax.random.randint(key, shape, 0, len(choices))]
+
+
+def random_genomes(key: jax.Array, n: int, resolutions: Sequence[int]) -> space.Arch:
+    """n uniformly random genomes (not canonicalised: inactive genes kept)."""
+    kk, ke, kd, kr = jax.random.split(key, 4)
+    return space.Arch(kernel=_choice(kk, space.KERNEL_CHOICES, (n, space.NUM_BLOCKS)),
+                      expand=_choice(ke, space.EXPAND_CHOICES, (n, space.NUM_BLOCKS)),
+                      depth=_choice(kd, space.DEPTH_CHOICES, (n, space.NUM_STAGES)),
+                      resolution=_choice(kr, resolutions, (n,)))
+
+
+def smallest_genomes(n: int, resolutions: Sequence[int]) -> space.Arch:
+    """n copies of the smallest sub-network at the smallest searched resolution."""
+    full = lambda shape, v: jnp.full(shape, v, jnp.int32)
+    return space.Arch(kernel=full((n, space.NUM_BLOCKS), min(space.KERNEL_CHOICES)),
+                      expand=full((n, space.NUM_BLOCKS), min(space.EXPAND_CHOICES)),
+                      depth=full((n, space.NUM_STAGES), min(space.DEPTH_CHOICES)),
+                      resolution=full((n,), min(resolutions)))
+
+
+def mutate(key: jax.Array, genomes: space.Arch, mutate_prob: jax.Array,
+           resolutions: Sequence[int]) -> space.Arch:
+    """OFA's mutation: resample each gene group with probability ``mutate_prob``.
+
+    Gene groups: the resolution, each block's (kernel, expand) pair (one coin,
+    two independent draws) and each stage's depth. A resample may redraw the
+    same value, as in OFA.
+    """
+    n = genomes.resolution.shape[0]
+    fresh = random_genomes(jax.random.fold_in(key, 1), n, resolutions)
+    kr, kb, kd = jax.random.split(key, 3)
+    flip_r = jax.random.bernoulli(kr, mutate_prob, (n,))
+    flip_b = jax.random.bernoulli(kb, mutate_prob, (n, space.NUM_BLOCKS))
+    flip_d = jax.random.bernoulli(kd, mutate_prob, (n, space.NUM_STAGES))
+    return space.Arch(kernel=jnp.where(flip_b, fresh.kernel, genomes.kernel),
+                      expand=jnp.where(flip_b, fresh.expand, genomes.expand),
+                      depth=jnp.where(flip_d, fresh.depth, genomes.depth),
+                      resolution=jnp.where(flip_r, fresh.resolution, genomes.resolution))
+
+
+def crossover(key: jax.Array, first: space.Arch, second: space.Arch) -> space.Arch:
+    """OFA's uniform crossover: every gene from either parent with probability 1/2."""
+    leaves, treedef = jax.tree_util.tree_flatten(first)
+    keys = jax.random.split(key, len(leaves))
+    picks = [
+        jnp.where(jax.random.bernoulli(k, 0.5, a.shape), a, b)
+        for k, a, b in zip(keys, leaves, jax.tree_util.tree_leaves(second))
+    ]
+    return jax.tree_util.tree_unflatten(treedef, picks)
+
+
+def _where(mask: jax.Array, a: space.Arch, b: space.Arch) -> space.Arch:
+    """Per-arch select between two batches."""
+    return jax.tree_util.tree_map(
+        lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+def _concat(a: space.Arch, b: space.Arch) -> space.Arch:
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
+def _check(constraint: Constraint, genomes: space.Arch) -> jax.Array:
+    ok = jnp.asarray(constraint(space.canonicalize(genomes)))
+    return ok.astype(bool).reshape(genomes.resolution.shape)
+
+
+def _rank_key(fitness: jax.Array, feasible: jax.Array) -> jax.Array:
+    # Infeasible or NaN scores sort last so a feasible arch always wins.
+    fitness = jnp.asarray(fitness, jnp.float32)
+    return jnp.where(feasible & ~jnp.isnan(fitness), fitness, -jnp.inf)
+
+
+def resample_until_feasible(key: jax.Array, propose: Callable[[jax.Array], space.Arch],
+                            fallback: space.Arch, fallback_ok: jax.Array, constraint: Constraint,
+                            max_tries: int) -> tuple[space.Arch, jax.Array]:
+    """Bounded resampling: draw ``propose(key)`` until each slot is feasible.
+
+    Each slot keeps its first feasible draw; after ``max_tries`` draws the
+    remaining slots take ``fallback``. Stops early once every slot is feasible.
+
+    Returns:
+      (archs, feasible) for every slot.
+    """
+    k0, key = jax.random.split(key)
+    first = propose(k0)
+    carry = (key, jnp.int32(1), first, _check(constraint, first))
+
+    def cond(c):
+        _, t, _, ok = c
+        return (t < max_tries) & ~jnp.all(ok)
+
+    def body(c):
+        key, t, cand, ok = c
+        key, sub = jax.random.split(key)
+        new = propose(sub)
+        new_ok = _check(constraint, new)
+        cand = _where(ok, cand, new)
+        return key, t + 1, cand, ok | new_ok
+
+    _, _, cand, ok = jax.lax.while_loop(cond, body, carry)
+    return _where(ok, cand, fallback), ok | fallback_ok
+
+
+def initial_population(key: jax.Array, params: EvoParams,
+                       constraint: Constraint) -> tuple[space.Arch, jax.Array]:
+    """A first population of ``population_size`` archs, feasible where possible.
+
+    Round 0 samples uniformly (as OFA does). Each later round redraws only the
+    infeasible slots, with every gene set to its smallest value with
+    probability ``t / (init_rounds - 1)``, so the last round is the smallest
+    sub-network at the smallest searched resolution. This bounds the work
+    where OFA needs ~80,000 uniform draws at tight budgets.
+
+    Returns:
+      (genomes [population_size], feasible bool[population_size]).
+    """
+    n, rounds = params.population_size, params.init_rounds
+    small = smallest_genomes(n, params.resolutions)
+
+    def draw(key, t):
+        kg, ks = jax.random.split(key)
+        genomes = random_genomes(kg, n, params.resolutions)
+        q = t / max(rounds - 1, 1)
+        leaves, treedef = jax.tree_util.tree_flatten(genomes)
+        keys = jax.random.split(ks, len(leaves))
+        shrunk = [
+            jnp.where(jax.random.bernoulli(k, q, x.shape), s, x)
+            for k, x, s in zip(keys, leaves, jax.tree_util.tree_leaves(small))
+        ]
+        return jax.tree_util.tree_unflatten(treedef, shrunk)
+
+    k0, key = jax.random.split(key)
+    first = random_genomes(k0, n, params.resolutions)
+    carry = (key, jnp.int32(1), first, _check(constraint, first))
+
+    def cond(c):
+        _, t, _, ok = c
+        return (t < rounds) & ~jnp.all(ok)
+
+    def body(c):
+        key, t, cand, ok = c
+        key, sub = jax.random.split(key)
+        new = draw(sub, t.astype(jnp.float32))
+        new_ok = _check(constraint, new)
+        return key, t + 1, _where(ok, cand, new), ok | new_ok
+
+    _, _, genomes, ok = jax.lax.while_loop(cond, body, carry)
+    return genomes, ok
+
+
+# ---------------------------------------------------------------------------
+# init / ask / tell / evolve.
+
+
+def _select(genomes: space.Arch, fitness: jax.Array, feasible: jax.Array,
+            k: int) -> tuple[space.Arch, jax.Array, jax.Array]:
+    _, idx = jax.lax.top_k(_rank_key(fitness, feasible), k)
+    return genomes[idx], jnp.asarray(fitness, jnp.float32)[idx], feasible[idx]
+
+
+def init(key: jax.Array, params: EvoParams, objective: Objective,
+         constraint: Constraint) -> EvoState:
+    """Builds and scores the first population and keeps the best as parents."""
+    genomes, ok = initial_population(key, params, constraint)
+    fitness = jnp.asarray(objective(space.canonicalize(genomes)), jnp.float32)
+    parents, fitness, feasible = _select(genomes, fitness, ok, params.num_parents)
+    return EvoState(parents=parents,
+                    fitness=fitness,
+                    feasible=feasible,
+                    generation=jnp.zeros((), jnp.int32))
+
+
+def ask(key: jax.Array, state: EvoState, params: EvoParams,
+        constraint: Constraint) -> tuple[space.Arch, jax.Array]:
+    """Proposes one generation of children: mutants, then crossovers.
+
+    Parents are drawn uniformly from ``state.parents``. Infeasible children
+    are redrawn up to ``params.max_tries`` times and then fall back to their
+    (first) parent.
+
+    Returns:
+      (children Arch[population_size] as genomes, feasible bool[population_size]).
+    """
+    num_p, num_m = params.num_parents, params.num_mutants
+    num_c = params.population_size - num_m
+    km, k1, k2, kp = jax.random.split(key, 4)
+    im = jax.random.randint(km, (num_m,), 0, num_p)
+    i1 = jax.random.randint(k1, (num_c,), 0, num_p)
+    i2 = jax.random.randint(k2, (num_c,), 0, num_p)
+    base_m, base_1, base_2 = state.parents[im], state.parents[i1], state.parents[i2]
+
+    def propose(k):
+        ka, kb = jax.random.split(k)
+        return _concat(mutate(ka, base_m, params.mutate_prob, params.resolutions),
+                       crossover(kb, base_1, base_2))
+
+    fallback = _concat(base_m, base_1)
+    fallback_ok = jnp.concatenate([state.feasible[im], state.feasible[i1]])
+    return resample_until_feasible(kp, propose, fallback, fallback_ok, constraint, params.max_tries)
+
+
+def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: EvoState,
+         params: EvoParams) -> EvoState:
+    """Keeps the best ``num_parents`` of parents and children (elitist, as OFA)."""
+    genomes = _concat(state.parents, children)
+    fitness = jnp.concatenate([state.fitness, jnp.asarray(fitness, jnp.float32)])
+    feasible = jnp.concatenate([state.feasible, jnp.asarray(feasible, bool)])
+    parents, fitness, feasible = _select(genomes, fitness, feasible, params.num_parents)
+    return EvoState(parents=parents,
+                    fitness=fitness,
+                    feasible=feasible,
+                    generation=state.generation + 1)
+
+
+def evolve(key: jax.Array, params: EvoParams, objective: Objective,
+           constraint: Constraint) -> EvoResult:
+    """Runs a whole evolutionary search in one ``lax.scan`` (jit/vmap friendly).
+
+    Args:
+      key: PRNG key (vmap over keys for several seeds).
+      params: :class:`EvoParams`.
+      objective: ``archs -> float32[n]``, higher is better (e.g. predicted
+        accuracy); called on canonical archs.
+      constraint: ``archs -> bool[n]`` (e.g. ``latency(archs) <= budget`` with
+        a traced budget); called on canonical archs.
+
+    Returns:
+      :class:`EvoResult` with the best arch, its objective, whether it is
+      feasible and the best objective after each generation.
+    """
+    k_init, k_run = jax.random.split(key)
+    state = init(k_init, params, objective, constraint)
+
+    def step(state, key):
+        children, ok = ask(key, state, params, constraint)
+        fitness = objective(space.canonicalize(children))
+        state = tell(children, fitness, ok, state, params)
+        return state, state.fitness[0]
+
+    state, history = jax.lax.scan(step, state, jax.random.split(k_run, params.num_generations))
+    return EvoResult(arch=space.canonicalize(state.parents[0]),
+                     objective=state.fitness[0],
+                     feasible=state.feasible[0],
+                     history=history,
+                     state=state)

@@ -1,0 +1,160 @@
+"""Searching many latency budgets and seeds in one compiled, vmapped call.
+
+:func:`make_budget_search` turns an objective, a latency estimator and search
+parameters into one jitted function ``(seeds[B], budgets[B]) -> BudgetResults``:
+budgets and seeds are traced, so a new list of the same length reuses the
+compiled program. :func:`pareto_front` and :func:`plot_pareto` summarise the
+sweep (objective vs latency across budgets).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import space
+from ofa_jax.search import baseline, evolution
+
+LatencyFn = Callable[[space.Arch], jax.Array]
+
+
+@flax.struct.dataclass
+class BudgetResults:
+    """Results of a budget x seed sweep (leading axis: one entry per search).
+
+    Attributes:
+      budget: float32[B], the latency budget of each search.
+      seed: int32[B], its seed.
+      arch: Arch [B], best arch found per search (canonical).
+      objective: float32[B].
+      latency: float32[B], the estimator's latency of each found arch.
+      feasible: bool[B]; False means no searched arch met the constraint
+        (budget below the smallest sub-network), and the arch must not be used.
+      history: float32[B, steps], best objective per generation/batch.
+    """
+
+    budget: jax.Array
+    seed: jax.Array
+    arch: space.Arch
+    objective: jax.Array
+    latency: jax.Array
+    feasible: jax.Array
+    history: jax.Array
+
+
+def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
+                       objective: evolution.Objective,
+                       latency_fn: LatencyFn,
+                       *,
+                       extra_constraint: Optional[evolution.Constraint] = None,
+                       jit: bool = True) -> Callable[[jax.Array, jax.Array], BudgetResults]:
+    """One jitted function searching all (seed, budget) pairs at once.
+
+    Args:
+      params: :class:`EvoParams` (evolution) or :class:`RandomParams` (random
+        search baseline).
+      objective: ``archs -> float32[n]``, higher is better.
+      latency_fn: ``archs -> float32[n]`` latency in ms (LUT, predictor, ...).
+      extra_constraint: optional ``archs -> bool[n]`` also required (e.g.
+        MACs or parameter bounds; see :mod:`ofa_jax.search.constraints`).
+      jit: False returns the function unjitted (to wrap it, e.g. in
+        ``chex.assert_max_traces``, before jitting).
+
+    Returns:
+      ``search(seeds int[B], budgets float[B]) -> BudgetResults``; the same B
+      never recompiles, whatever the values.
+    """
+    if isinstance(params, evolution.EvoParams):
+        method = evolution.evolve
+    elif isinstance(params, baseline.RandomParams):
+        method = baseline.random_search
+    else:
+        raise TypeError(f'params: expected EvoParams or RandomParams, got {type(params).__name__}')
+
+    def one(seed, budget):
+
+        def constraint(archs):
+            ok = jnp.asarray(latency_fn(archs)) <= budget
+            if extra_constraint is not None:
+                ok = ok & jnp.asarray(extra_constraint(archs), bool)
+            return ok
+
+        res = method(jax.random.key(seed), params, objective, constraint)
+        latency = jnp.asarray(latency_fn(jax.tree_util.tree_map(lambda x: x[None], res.arch)))[0]
+        return BudgetResults(budget=jnp.asarray(budget, jnp.float32),
+                             seed=jnp.asarray(seed, jnp.int32),
+                             arch=res.arch,
+                             objective=res.objective,
+                             latency=latency.astype(jnp.float32),
+                             feasible=res.feasible,
+                             history=res.history)
+
+    def search(seeds: jax.Array, budgets: jax.Array) -> BudgetResults:
+        return jax.vmap(one)(jnp.asarray(seeds, jnp.int32), jnp.asarray(budgets, jnp.float32))
+
+    return jax.jit(search) if jit else search
+
+
+def grid(budgets: Sequence[float], seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flattens the budgets x seeds grid into two aligned arrays (seeds, budgets)."""
+    b, s = np.meshgrid(np.asarray(budgets, np.float32), np.asarray(seeds, np.int32), indexing='ij')
+    return s.reshape(-1), b.reshape(-1)
+
+
+def pareto_front(latency: np.ndarray, objective: np.ndarray) -> np.ndarray:
+    """bool mask of points no other point beats (lower latency, higher objective)."""
+    latency, objective = np.asarray(latency, float), np.asarray(objective, float)
+    mask = np.ones(latency.shape, bool)
+    for i in range(latency.size):
+        dominated = ((latency <= latency[i]) & (objective >= objective[i]) &
+                     ((latency < latency[i]) | (objective > objective[i])))
+        mask[i] = not dominated.any()
+    return mask
+
+
+def plot_pareto(path: str,
+                results: BudgetResults,
+                *,
+                objective_name: str,
+                latency_name: str = 'latency (ms)',
+                reference: Optional[dict[float, float]] = None) -> None:
+    """Writes a PNG: found archs (objective vs latency), the front, the budgets.
+
+    Args:
+      path: output PNG path.
+      results: a :class:`BudgetResults` (host or device arrays).
+      objective_name: y-axis label (e.g. 'predicted top-1' or 'proxy:macs').
+      latency_name: x-axis label.
+      reference: optional {budget: objective} drawn as crosses (e.g. OFA's).
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    lat = np.asarray(results.latency)
+    obj = np.asarray(results.objective)
+    ok = np.asarray(results.feasible)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(lat[ok], obj[ok], s=18, label='found (feasible)')
+    if ok.any():
+        front = pareto_front(lat[ok], obj[ok])
+        order = np.argsort(lat[ok][front])
+        ax.plot(lat[ok][front][order], obj[ok][front][order], 'k-', lw=1, label='Pareto front')
+    for b in np.unique(np.asarray(results.budget)):
+        ax.axvline(float(b), color='0.85', lw=0.8, zorder=0)
+    if reference:
+        ax.scatter(list(reference),
+                   list(reference.values()),
+                   marker='x',
+                   color='r',
+                   label='reference')
+    ax.set_xlabel(latency_name)
+    ax.set_ylabel(objective_name)
+    ax.legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

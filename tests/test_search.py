@@ -1,0 +1,172 @@
+"""Tests for ofa_jax.search: feasibility, compile-once, quality vs random search."""
+
+import os
+
+from absl.testing import absltest
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import encoding, space
+from ofa_jax import search
+from ofa_jax.search import evolution
+
+_RNG = np.random.default_rng(0)
+# Synthetic additive estimators on OFA's one-hot encoding: every active block
+# and the resolution bucket add a positive latency; the objective is a fixed
+# random linear score, so bigger is not always better.
+# Latency weights grow with kernel, expand and resolution (monotone, like a LUT),
+# so the smallest sub-network is the fastest.
+_W_LAT = jnp.asarray(
+    np.concatenate([
+        np.sort(_RNG.uniform(0.1, 1.0, (40, 3)), axis=1).reshape(-1),
+        np.sort(_RNG.uniform(0.0, 3.0, 8))
+    ]), jnp.float32)
+_W_OBJ = jnp.asarray(_RNG.normal(0.0, 1.0, encoding.ONEHOT_DIM), jnp.float32)
+
+
+def latency(archs):
+    return encoding.onehot128(archs) @ _W_LAT
+
+
+def objective(archs):
+    return encoding.onehot128(archs) @ _W_OBJ
+
+
+def _one(arch):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], arch)
+
+
+RES = (160, 176, 192, 208, 224)
+SMALLEST = float(latency(_one(space.smallest(160)))[0])
+LARGEST = float(latency(_one(space.largest(224)))[0])
+SMALL_PARAMS = search.make_params(population_size=32, num_generations=30, resolutions=RES)
+
+
+def _jit_once(fn):
+    return jax.jit(chex.assert_max_traces(fn, n=1))
+
+
+_SEARCH = {}
+
+
+def _searches():
+    """One compiled evolution and one random search shared by the tests (B=12)."""
+    if not _SEARCH:
+        _SEARCH['evo'] = _jit_once(
+            search.make_budget_search(SMALL_PARAMS, objective, latency, jit=False))
+        n_rand = 10 * SMALL_PARAMS.num_evaluations
+        rnd = search.RandomParams(num_evaluations=n_rand, batch_size=n_rand // 8, resolutions=RES)
+        _SEARCH['rnd'] = jax.jit(search.make_budget_search(rnd, objective, latency, jit=False))
+    return _SEARCH['evo'], _SEARCH['rnd']
+
+
+class OperatorsTest(absltest.TestCase):
+
+    def test_mutate_and_crossover_keep_values_valid(self):
+
+        @jax.jit
+        def ops(key):
+            k0, k1, k2 = jax.random.split(key, 3)
+            g = evolution.random_genomes(k0, 64, RES)
+            m = evolution.mutate(k1, g, 0.5, RES)
+            return g, m, evolution.crossover(k2, g, m), evolution.mutate(k1, g, 0.0, RES)
+
+        g, m, c, same = ops(jax.random.key(0))
+        for a in (g, m, c):
+            space.validate(space.to_numpy(a))
+            self.assertTrue(np.isin(np.asarray(a.resolution), RES).all())
+        changed = np.asarray(jnp.any(m.kernel != g.kernel, axis=-1)).mean()
+        self.assertGreater(changed, 0.5)
+        chex.assert_trees_all_equal(g, same)
+        take = (np.asarray(c.kernel) == np.asarray(g.kernel)) | (np.asarray(c.kernel) == np.asarray(
+            m.kernel))
+        self.assertTrue(take.all())
+
+    def test_bad_params_name_the_field(self):
+        with self.assertRaisesRegex(ValueError, 'parent_ratio'):
+            search.make_params(parent_ratio=0.0)
+        with self.assertRaisesRegex(ValueError, 'resolution'):
+            search.make_params(resolutions=(161,))
+
+
+class EvolveTest(absltest.TestCase):
+
+    def test_ask_tell_shapes_and_feasibility(self):
+        budget = SMALLEST + 0.3 * (LARGEST - SMALLEST)
+        cons = lambda a: latency(a) <= budget
+
+        @jax.jit
+        def one_generation(key):
+            k0, k1 = jax.random.split(key)
+            state = evolution.init(k0, SMALL_PARAMS, objective, cons)
+            children, ok = evolution.ask(k1, state, SMALL_PARAMS, cons)
+            fit = objective(space.canonicalize(children))
+            return state, children, ok, evolution.tell(children, fit, ok, state, SMALL_PARAMS)
+
+        state, children, ok, new = one_generation(jax.random.key(0))
+        self.assertEqual(state.parents.kernel.shape, (SMALL_PARAMS.num_parents, 20))
+        self.assertTrue(bool(state.feasible.all()))
+        self.assertEqual(children.depth.shape, (32, 5))
+        self.assertTrue(bool(ok.all()))
+        self.assertTrue(bool(cons(space.canonicalize(children)).all()))
+        self.assertGreaterEqual(float(new.fitness[0]), float(state.fitness[0]))
+        self.assertTrue(bool(jnp.all(new.fitness[:-1] >= new.fitness[1:])))
+        self.assertEqual(int(new.generation), 1)
+
+    def test_feasible_all_budgets_impossible_flagged_compiles_once(self):
+        evo, _ = _searches()
+        fracs = np.array([0.0, 0.05, 0.2, 0.5, 1.0])
+        budgets = SMALLEST + 0.01 + fracs * (LARGEST - SMALLEST)
+        budgets = np.concatenate([budgets, [SMALLEST - 1.0]])
+        seeds, flat = search.grid(budgets, [0, 1])
+        res = jax.device_get(evo(seeds, flat))
+        ok = flat >= SMALLEST
+        np.testing.assert_array_equal(res.feasible, ok)
+        self.assertTrue((res.latency[ok] <= flat[ok]).all())
+        # Recheck with the estimator on the returned archs, not the reported latency.
+        recheck = np.asarray(latency(jax.tree_util.tree_map(jnp.asarray, res.arch)))
+        self.assertTrue((recheck[ok] <= flat[ok] + 1e-5).all())
+        # A looser budget never ends worse than the tightest one (same seed).
+        self.assertGreater(res.objective[4], res.objective[0] - 1e-6)
+        # New budget and seed values: no retrace (assert_max_traces), no recompile.
+        evo(seeds + 7, flat * 0.97)
+        evo(seeds[::-1], flat[::-1])
+        self.assertEqual(evo._cache_size(), 1)
+
+    def test_beats_random_search_with_10x_evaluations(self):
+        evo, rnd = _searches()
+        budget = SMALLEST + 0.25 * (LARGEST - SMALLEST)
+        seeds, budgets = search.grid([budget], np.arange(12))
+        e = jax.device_get(evo(seeds, budgets))
+        r = jax.device_get(rnd(seeds, budgets))
+        self.assertTrue(e.feasible.all() and r.feasible.all())
+        self.assertTrue((r.latency <= budgets).all() and (e.latency <= budgets).all())
+        self.assertGreaterEqual(e.objective.mean(), r.objective.mean())
+        self.assertGreaterEqual(np.median(e.objective), r.objective.max() - 1e-6)
+
+
+class ParetoTest(absltest.TestCase):
+
+    def test_front(self):
+        lat = np.array([1.0, 2.0, 2.0, 3.0, 4.0])
+        obj = np.array([0.5, 0.4, 0.7, 0.6, 0.9])
+        np.testing.assert_array_equal(search.pareto_front(lat, obj), [1, 0, 1, 0, 1])
+
+    def test_plot_writes_png(self):
+        n = 4
+        res = search.BudgetResults(budget=np.array([1., 2., 3., 4.]),
+                                   seed=np.zeros(n, np.int32),
+                                   arch=None,
+                                   objective=np.array([.1, .2, .25, .3]),
+                                   latency=np.array([.9, 1.9, 2.5, 3.9]),
+                                   feasible=np.array([True, True, True, False]),
+                                   history=np.zeros((n, 2)))
+        path = os.path.join(self.create_tempdir().full_path, 'p.png')
+        search.plot_pareto(path, res, objective_name='proxy:macs', reference={2.0: 0.2})
+        self.assertGreater(os.path.getsize(path), 1000)
+
+
+if __name__ == '__main__':
+    absltest.main()
