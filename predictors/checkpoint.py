@@ -1,0 +1,159 @@
+"""A trained latency predictor as one object, saved and loaded with all it needs.
+
+A :class:`Predictor` bundles the model name and options, the
+:class:`~predictors.features.FeatureSpec`, the target normalisation, the
+parameters (a leading K axis for an ensemble: the prediction is the mean of
+the members' latencies), the device context it predicts for (batch size,
+hardware features or reference latencies, already standardised) and free-form
+metadata (device name, training config, data file).
+
+``predictor(archs)`` scores a batch in one jitted call; the jitted function is
+built once per predictor and compiles once per batch size.
+
+On disk (a folder): ``predictor.json`` (everything but the weights) and
+``params.msgpack`` (``flax.serialization``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import space
+from predictors import features
+from predictors import models
+from predictors import train as train_lib
+
+META_FILE = 'predictor.json'
+PARAMS_FILE = 'params.msgpack'
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A trained latency predictor: ``predictor(archs) -> latency_ms``.
+
+    Attributes:
+      model_name: registry name (``models.MODEL_NAMES``).
+      model_kwargs: keyword options of the module.
+      fspec: feature spec (standardisation statistics, knots, width).
+      norm: target normalisation.
+      params: Flax parameters; with a leading K axis when ``ensemble``.
+      ensemble: whether ``params`` stacks K members.
+      context: float32[C] standardised device context (may be empty).
+      meta: JSON-able metadata (device, batch size, config, data).
+    """
+
+    model_name: str
+    model_kwargs: dict[str, Any]
+    fspec: features.FeatureSpec
+    norm: train_lib.TargetNorm
+    params: Any
+    ensemble: bool = False
+    context: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.float32))
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.context = np.asarray(self.context, np.float32).reshape(-1)
+        self._model = models.build_model(self.model_name, fspec=self.fspec, **self.model_kwargs)
+        self._score = jax.jit(self._score_fn)
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def num_members(self) -> int:
+        if not self.ensemble:
+            return 1
+        return int(jax.tree_util.tree_leaves(self.params)[0].shape[0])
+
+    def inputs(self, archs: space.Arch, context=None) -> dict[str, Any]:
+        """Model inputs for ``archs`` (jnp; usable inside jit)."""
+        x = features.arch_inputs(archs, self.fspec)
+        ctx = jnp.asarray(self.context if context is None else context, jnp.float32)
+        x['context'] = jnp.broadcast_to(ctx, x['scalars'].shape[:-1] + ctx.shape[-1:])
+        return x
+
+    def _member_ms(self, params, x):
+        return self.norm.decode(self._model.apply(params, x))
+
+    def _score_fn(self, params, context, archs):
+        x = self.inputs(archs, context)
+        if self.ensemble:
+            return jnp.mean(jax.vmap(lambda p: self._member_ms(p, x))(params), axis=0)
+        return self._member_ms(params, x)
+
+    def members_ms(self, archs: space.Arch) -> jnp.ndarray:
+        """float32[K, N]: every member's prediction (for spread)."""
+        archs = _as_jnp(archs)
+        x = self.inputs(archs)
+        if not self.ensemble:
+            return self._member_ms(self.params, x)[None]
+        return jax.vmap(lambda p: self._member_ms(p, x))(self.params)
+
+    def __call__(self, archs: space.Arch) -> jnp.ndarray:
+        """Predicted latency (ms, float32) of a batch of archs, one jitted call."""
+        return self._score(self.params, jnp.asarray(self.context), _as_jnp(archs))
+
+    def replace(self, **changes) -> 'Predictor':
+        """A copy with some fields changed (e.g. ``params`` or ``context``)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(changes)
+        return Predictor(**fields)
+
+
+def _as_jnp(archs: space.Arch) -> space.Arch:
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.int32), archs)
+
+
+def save(predictor: Predictor, directory: str | os.PathLike) -> str:
+    """Writes ``predictor.json`` and ``params.msgpack`` into ``directory``."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    meta = {
+        'format': 'ofa_jax.predictor/1',
+        'model_name': predictor.model_name,
+        'model_kwargs': predictor.model_kwargs,
+        'fspec': dataclasses.asdict(predictor.fspec),
+        'norm': dataclasses.asdict(predictor.norm),
+        'ensemble': predictor.ensemble,
+        'context': predictor.context.tolist(),
+        'meta': predictor.meta,
+    }
+    host = jax.tree_util.tree_map(np.asarray, predictor.params)
+    blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
+    for name, data, mode in ((PARAMS_FILE, blob, 'wb'), (META_FILE, json.dumps(meta,
+                                                                               indent=1), 'w')):
+        tmp = os.path.join(directory, f'.{name}.tmp')
+        with open(tmp, mode) as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(directory, name))
+    return directory
+
+
+def load(directory: str | os.PathLike) -> Predictor:
+    """Loads a predictor written by :func:`save`."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, META_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{directory}: no {META_FILE}; not a saved predictor')
+    with open(path) as f:
+        meta = json.load(f)
+    with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return Predictor(model_name=meta['model_name'],
+                     model_kwargs=meta['model_kwargs'],
+                     fspec=features.FeatureSpec.from_dict(meta['fspec']),
+                     norm=train_lib.TargetNorm(**meta['norm']),
+                     params=params,
+                     ensemble=bool(meta['ensemble']),
+                     context=np.asarray(meta['context'], np.float32),
+                     meta=meta['meta'])

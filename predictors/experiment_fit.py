@@ -1,0 +1,171 @@
+"""Library side of ``experiments/fit_predictor.py``: fit or evaluate one estimator.
+
+``run(config, workdir)`` reads one device's latencies (an OFA CSV file, or a
+latency store plus device/batch/dtype), splits rows in file order
+(default 70/15/15, the 2101.00732 split), trains the chosen model (or loads a
+lookup table for ``model=lut``) and writes to ``workdir``:
+``metrics.json`` (test-row metrics, training time and sizes),
+``pred_vs_measured.png`` and ``checkpoint/`` (trained models only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ofa_jax import csvio
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import features
+from predictors import fit
+from predictors import metrics
+from predictors import train as train_lib
+
+FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut')
+
+
+class ConfigError(ValueError):
+    """A bad config value (the message names the field and the allowed values)."""
+
+
+def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray]:
+    """(archs, latency_ms) from ``config.data``: a ``.csv`` file or a latency store."""
+    path = str(config.data)
+    if not path:
+        raise ConfigError('data: empty; allowed: an OFA CSV file or a latency store path')
+    if path.endswith('.csv'):
+        table = csvio.read_ofa_csv(path, max_rows=config.get('max_rows') or None)
+        return table.archs, table.latency_ms
+    try:
+        from ofa_jax.latency import store as store_lib  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        raise ConfigError(f'data: {path!r} is not a .csv and ofa_jax.latency.store is not '
+                          'available; allowed: an OFA CSV file') from None
+    if not config.get('device'):
+        raise ConfigError('device: required with a store path; allowed: a device name in the '
+                          'store')
+    archs, lat = store_lib.LatencyStore(path).load_arrays(config.device, int(config.batch),
+                                                          str(config.dtype))
+    archs = space.to_numpy(archs)
+    if config.get('max_rows'):
+        archs, lat = archs[:config.max_rows], lat[:config.max_rows]
+    return archs, np.asarray(lat, np.float64)
+
+
+def split_indices(n: int, fractions: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows in file order: first train, then validation, then test."""
+    try:
+        parts = [float(v) for v in str(fractions).split(',')]
+        if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6 or parts[2] == 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f'split: {fractions!r}; allowed: three non-negative fractions '
+                          'summing to 1, test > 0, e.g. "0.7,0.15,0.15"') from None
+    a, b = int(round(parts[0] * n)), int(round((parts[0] + parts[1]) * n))
+    return np.arange(a), np.arange(a, b), np.arange(b, n)
+
+
+def train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    cfg = train_lib.default_config()
+    for k in cfg:
+        if k in config:
+            cfg[k] = config[k]
+    return cfg
+
+
+def plot_pred_vs_measured(path: str, pred: np.ndarray, true: np.ndarray, title: str) -> None:
+    """Scatter of predicted vs measured latency with the identity line (Agg backend)."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    ax.scatter(true, pred, s=3, alpha=0.5)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=0.8)
+    ax.set_xlabel('measured latency (ms)')
+    ax.set_ylabel('predicted latency (ms)')
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+    if config.model not in FIT_MODELS:
+        raise ConfigError(f'model: {config.model!r}; allowed: {", ".join(FIT_MODELS)}')
+    if float(config.width) not in space.WIDTHS:
+        raise ConfigError(f'width: {config.width!r}; allowed: {space.WIDTHS}')
+    if config.model == 'lut' and not config.lut:
+        raise ConfigError('lut: required with model=lut; allowed: an OFA yaml file or a folder '
+                          'of {r}_lookup_table.yaml')
+    if int(config.members) < 1:
+        raise ConfigError(f'members: {config.members}; allowed: an integer >= 1')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Fits (or evaluates) one estimator; returns and writes ``metrics.json``."""
+    _check(config)
+    os.makedirs(workdir, exist_ok=True)
+    archs, lat = load_rows(config)
+    tr, va, te = split_indices(len(lat), config.split)
+    out: dict[str, Any] = {
+        'data': str(config.data),
+        'model': config.model,
+        'rows': {
+            'train': len(tr),
+            'val': len(va),
+            'test': len(te)
+        }
+    }
+    t0 = time.perf_counter()
+    if config.model == 'lut':
+        from predictors import lut as lut_lib  # pylint: disable=g-import-not-at-top
+        table = lut_lib.load_lut(config.lut, width=float(config.lut_width))
+        pred = np.asarray(table.predict(archs[te]), np.float64)
+        predictor = None
+    else:
+        name = 'additive' if config.model.startswith('additive') else 'mlp'
+        kwargs = {}
+        if config.model == 'additive_mlp':
+            kwargs = {'residual_onehot': True, 'residual_hidden': 64}
+        fspec = features.fit_feature_spec(archs[tr], width=float(config.width))
+        predictor, result = fit.fit_predictor(name,
+                                              archs[tr],
+                                              lat[tr],
+                                              archs[va],
+                                              lat[va],
+                                              fspec=fspec,
+                                              config=train_config(config),
+                                              model_kwargs=kwargs,
+                                              seed=int(config.seed),
+                                              num_members=int(config.members),
+                                              meta={
+                                                  'data': str(config.data),
+                                                  'device': str(config.get('device', '')),
+                                                  'config': config.to_dict()
+                                              })
+        out['train_seconds'] = time.perf_counter() - t0
+        out['train_steps'] = np.asarray(result.steps).tolist()
+        out['best_step'] = np.asarray(result.best_step).tolist()
+        pred = np.asarray(predictor(archs[te]), np.float64)
+        if int(config.members) > 1:
+            per = np.asarray(predictor.members_ms(archs[te]), np.float64)
+            member = [metrics.rmse(p, lat[te]) for p in per]
+            out['member_rmse_ms'] = {'mean': float(np.mean(member)), 'std': float(np.std(member))}
+        checkpoint.save(predictor, os.path.join(workdir, 'checkpoint'))
+    if not np.all(np.isfinite(pred)):
+        raise ValueError(f'{config.model}: non-finite predictions on '
+                         f'{int((~np.isfinite(pred)).sum())} test rows (resolution not covered?)')
+    out.update(metrics.all_metrics(pred, lat[te]))
+    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    plot_pred_vs_measured(
+        os.path.join(workdir, 'pred_vs_measured.png'), pred, lat[te],
+        f'{config.model} on {os.path.basename(str(config.data))}: '
+        f'RMSE {out["rmse_ms"]:.3f} ms, MAPE {out["mape"]:.2f}%')
+    return out
