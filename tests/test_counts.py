@@ -1,0 +1,133 @@
+"""Tests for analytic params/MACs, their XLA cross-check and the info command."""
+
+import contextlib
+import io
+import json
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import counts
+from ofa_jax import info
+from ofa_jax import space
+from ofa_jax import subnet
+
+
+class CountsTest(parameterized.TestCase):
+
+    @parameterized.named_parameters(
+        # OFA's own counter (design.md): params, MACs rounded to 0.1M.
+        ('w10_largest_224', 1.0, 'largest', 224, 7_664_760, 566.2),
+        ('w12_largest_224', 1.2, 'largest', 224, 10_701_632, 843.1),
+        ('w12_smallest_128', 1.2, 'smallest', 128, 4_602_456, 65.5),
+    )
+    def test_matches_ofa(self, width, which, resolution, params, mmacs):
+        arch = getattr(space, which)(resolution)
+        self.assertEqual(counts.count_params(arch, width), params)
+        self.assertAlmostEqual(counts.count_macs(arch, width) / 1e6, mmacs, delta=0.05)
+
+    def test_batched_numpy_and_jax_agree_with_singles(self):
+        batch = space.sample_np(np.random.default_rng(0), 6)
+        for width in space.WIDTHS:
+            p = counts.count_params(batch, width)
+            m = counts.count_macs(batch, width)
+            self.assertEqual(p.shape, (6,))
+            self.assertEqual(m.dtype, np.int64)
+            for i, a in enumerate(space.unstack(batch)):
+                self.assertEqual(counts.count_params(a, width), p[i])
+                self.assertEqual(counts.count_macs(a, width), m[i])
+            jbatch = jax.tree_util.tree_map(jnp.asarray, batch)
+            jm = jax.jit(lambda a, w=width: counts.count_macs(a, w))(jbatch)
+            jp = jax.jit(lambda a, w=width: counts.count_params(a, w))(jbatch)
+            np.testing.assert_array_equal(np.asarray(jm), m)
+            np.testing.assert_array_equal(np.asarray(jp), p)
+        # 2-d batch and a resolution override.
+        grid = batch[:4].replace(
+            **{
+                k: getattr(batch[:4], k).reshape((2, 2) + getattr(batch, k).shape[1:])
+                for k in ('kernel', 'expand', 'depth', 'resolution')
+            })
+        self.assertEqual(counts.count_macs(grid, 1.0, resolution=160).shape, (2, 2))
+
+    def test_macs_grow_with_resolution(self):
+        arch = space.largest()
+        self.assertLess(counts.count_macs(arch, 1.2, resolution=128),
+                        counts.count_macs(arch, 1.2, resolution=224))
+
+    @parameterized.parameters(1.0, 1.2)
+    def test_params_match_flax_tree(self, width):
+        # Running statistics live in batch_stats, so 'params' is exactly OFA's count.
+        for seed in range(3):
+            arch = space.sample_np(np.random.default_rng(seed))
+            model = subnet.build_subnet(arch, width)
+            shapes = jax.eval_shape(
+                lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+            n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes['params']))
+            self.assertEqual(n, counts.count_params(arch, width))
+
+    def test_macs_match_xla_cost_analysis(self):
+        # XLA counts 2 flops per MAC plus BN, activations, SE gating, residual and bias
+        # adds and pooling, so its flops sit a few percent above 2 * MACs.
+        arch = space.sample_np(np.random.default_rng(1), resolutions=[128])
+        model = subnet.build_subnet(arch, 1.0, depthwise='conv')
+        x = jnp.zeros((1, 128, 128, 3))
+        variables = subnet.init_variables(model, x.shape)
+        cost = jax.jit(model.apply).lower(variables, x).compile().cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else None
+        if not cost or 'flops' not in cost:
+            self.skipTest('XLA gave no cost analysis on this backend')
+        ratio = cost['flops'] / (2 * counts.count_macs(arch, 1.0))
+        self.assertGreaterEqual(ratio, 1.0)
+        self.assertLess(ratio, 1.10)
+
+
+class InfoTest(parameterized.TestCase):
+
+    def _run(self, argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = info.main(argv)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_last_line_is_json(self):
+        code, out, _ = self._run(['--width', '1.2', '--arch', 'largest', '--resolution', '224'])
+        self.assertEqual(code, 0)
+        last = json.loads(out.strip().splitlines()[-1])
+        self.assertEqual(last['params'], 10_701_632)
+        self.assertEqual(last['macs'], 843_111_496)
+        self.assertEqual(last['output_shape'], [1, 1000])
+        self.assertGreater(len(out.strip().splitlines()), 1)
+
+    def test_dict_arch(self):
+        d = space.to_ofa_dict(space.smallest(128), with_wid=True)
+        code, out, _ = self._run(['--width', '1.2', '--arch', str(d)])
+        self.assertEqual(code, 0)
+        self.assertEqual(json.loads(out.splitlines()[-1])['params'], 4_602_456)
+
+    @parameterized.named_parameters(
+        ('width', ['--width', '1.5'], 'width: value'),
+        ('resolution', ['--resolution', '130'], 'resolution: value 130'),
+        ('resolution_text', ['--resolution', 'big'], "resolution: value 'big'"),
+        ('arch_name', ['--arch', 'medium'], "arch: value 'medium'"),
+        ('kernel', ['--arch',
+                    str({
+                        'ks': [4] * 20,
+                        'e': [3] * 20,
+                        'd': [2] * 5,
+                        'r': [128]
+                    })], 'kernel: value 4'),
+    )
+    def test_bad_input_exits_2(self, argv, fragment):
+        code, out, err = self._run(argv)
+        self.assertEqual(code, 2)
+        self.assertEqual(out, '')
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertIn(fragment, err)
+
+
+if __name__ == '__main__':
+    absltest.main()
