@@ -1,0 +1,246 @@
+"""Accuracy predictor in OFA's form: a 128-400-400-400-1 MLP on the one-hot encoding.
+
+OFA (Cai et al., ICLR 2020) scores sub-networks with an MLP on the 128-d
+one-hot encoding (:func:`ofa_jax.encoding.onehot128`): three hidden ReLU layers
+of 400 units, a final linear layer without bias, plus a learned base accuracy.
+OFA's published ``acc_predictor.pth`` (the tutorial's predictor) stores the
+final layer *with* a bias and no base accuracy; the two forms are the same
+function, so its final bias is loaded as the base accuracy.
+
+* :class:`AccuracyMLP` is the Flax module; :class:`AccuracyPredictor` bundles
+  it with parameters: ``predictor(archs) -> float32[n]`` (a fraction, jittable).
+* :func:`load_ofa_pth` reads OFA's checkpoint without PyTorch
+  (:mod:`ofa_jax.torch_pickle`); :func:`train` fits one on (arch, accuracy)
+  pairs with optax; :func:`save` / :func:`load` keep our own checkpoint (a
+  folder with ``accuracy_predictor.json`` and ``params.msgpack``);
+  :func:`load_any` accepts either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ofa_jax import encoding, space, torch_pickle
+
+META_FILE = 'accuracy_predictor.json'
+PARAMS_FILE = 'params.msgpack'
+FORMAT = 'ofa_jax.accuracy_predictor/1'
+
+
+class AccuracyMLP(nn.Module):
+    """OFA's accuracy MLP: Dense+ReLU per hidden layer, bias-free head, base accuracy."""
+
+    hidden: Sequence[int] = (400, 400, 400)
+    base_acc_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, name=f'hidden_{i}')(x))
+        y = nn.Dense(1, use_bias=False, name='head')(x)[..., 0]
+        base = self.param('base_acc', lambda _: jnp.asarray(self.base_acc_init, jnp.float32))
+        return y + base
+
+
+@dataclasses.dataclass
+class AccuracyPredictor:
+    """``predictor(archs) -> float32[n]`` predicted top-1 accuracy (a fraction).
+
+    Attributes:
+      params: Flax parameters of :class:`AccuracyMLP`.
+      hidden: hidden layer widths.
+      meta: JSON-able provenance (source file, training data, ...).
+    """
+
+    params: Any
+    hidden: tuple[int, ...] = (400, 400, 400)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.model = AccuracyMLP(hidden=self.hidden)
+
+    def apply(self, params: Any, archs: space.Arch) -> jax.Array:
+        """Pure scoring with explicit parameters (for training)."""
+        return self.model.apply(params, encoding.onehot128(archs))
+
+    def __call__(self, archs: space.Arch) -> jax.Array:
+        """Predicted accuracy of a batch of archs (jittable; params are constants)."""
+        return self.apply(self.params, archs)
+
+
+def init_predictor(key: jax.Array,
+                   *,
+                   hidden: Sequence[int] = (400, 400, 400),
+                   base_acc: float = 0.0) -> AccuracyPredictor:
+    """A randomly initialised predictor."""
+    model = AccuracyMLP(hidden=tuple(hidden), base_acc_init=base_acc)
+    params = model.init(key, jnp.zeros((1, encoding.ONEHOT_DIM), jnp.float32))
+    return AccuracyPredictor(params=params, hidden=tuple(hidden), meta={'source': 'random init'})
+
+
+def from_ofa_state_dict(state: Mapping[str, np.ndarray]) -> AccuracyPredictor:
+    """Maps an OFA accuracy-predictor state dict onto :class:`AccuracyMLP` params.
+
+    Accepts the tutorial layout (``0.weight, 0.bias, 2.*, 4.*, 6.weight,
+    6.bias``, an ``nn.Sequential``) and the later one (``layers.<i>.*`` with a
+    bias-free head and ``base_acc``). Torch ``Linear`` weights are
+    [out, in]; Flax kernels are [in, out].
+    """
+    state = {
+        k[len('layers.'):] if k.startswith('layers.') else k: np.asarray(v)
+        for k, v in state.items()
+    }
+    linear = sorted({int(k.split('.')[0]) for k in state if k.split('.')[0].isdigit()})
+    if len(linear) < 2:
+        raise ValueError(f'accuracy: state dict keys {sorted(state)[:8]} do not look like an '
+                         'OFA accuracy predictor (expected 0.weight, 0.bias, ..., 6.weight)')
+    *hidden_ids, head_id = linear
+    params, hidden = {}, []
+    prev = encoding.ONEHOT_DIM
+    for i, lid in enumerate(hidden_ids):
+        w, b = state[f'{lid}.weight'], state[f'{lid}.bias']
+        if w.shape[1] != prev:
+            raise ValueError(f'accuracy: {lid}.weight has shape {w.shape}, expected input {prev}')
+        params[f'hidden_{i}'] = {
+            'kernel': jnp.asarray(w.T, jnp.float32),
+            'bias': jnp.asarray(b, jnp.float32)
+        }
+        hidden.append(w.shape[0])
+        prev = w.shape[0]
+    head = state[f'{head_id}.weight']
+    if head.shape != (1, prev):
+        raise ValueError(f'accuracy: {head_id}.weight has shape {head.shape}, expected (1, {prev})')
+    params['head'] = {'kernel': jnp.asarray(head.T, jnp.float32)}
+    base = float(np.asarray(state.get('base_acc', 0.0)).reshape(-1)[0])
+    if f'{head_id}.bias' in state:
+        base += float(state[f'{head_id}.bias'].reshape(-1)[0])
+    params['base_acc'] = jnp.asarray(base, jnp.float32)
+    return AccuracyPredictor(params={'params': params}, hidden=tuple(hidden))
+
+
+def load_ofa_pth(path: str | os.PathLike) -> AccuracyPredictor:
+    """Loads OFA's published ``acc_predictor.pth`` without PyTorch."""
+    state = torch_pickle.load(path)
+    if not isinstance(state, Mapping):
+        raise ValueError(f'accuracy: {path} holds a {type(state).__name__}, not a state dict')
+    pred = from_ofa_state_dict(state)
+    pred.meta = {'source': os.path.abspath(os.fspath(path)), 'format': 'ofa acc_predictor.pth'}
+    return pred
+
+
+def save(predictor: AccuracyPredictor, directory: str | os.PathLike) -> str:
+    """Writes our checkpoint (json + msgpack) into ``directory``; returns it."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    host = jax.tree_util.tree_map(np.asarray, predictor.params)
+    blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
+    meta = json.dumps({
+        'format': FORMAT,
+        'hidden': list(predictor.hidden),
+        'meta': predictor.meta
+    },
+                      indent=1)
+    for name, data, mode in ((PARAMS_FILE, blob, 'wb'), (META_FILE, meta, 'w')):
+        tmp = os.path.join(directory, f'.{name}.tmp')
+        with open(tmp, mode) as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(directory, name))
+    return directory
+
+
+def load(directory: str | os.PathLike) -> AccuracyPredictor:
+    """Loads a checkpoint written by :func:`save`."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, META_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{directory}: no {META_FILE}; not a saved accuracy predictor')
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get('format') != FORMAT:
+        raise ValueError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
+    with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    return AccuracyPredictor(params=jax.tree_util.tree_map(jnp.asarray, params),
+                             hidden=tuple(meta['hidden']),
+                             meta=meta.get('meta', {}))
+
+
+def load_any(path: str | os.PathLike) -> AccuracyPredictor:
+    """Our checkpoint folder, or an OFA ``.pth`` (read without PyTorch)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return load(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path}: no such accuracy predictor (an OFA .pth file or a '
+                                f'folder with {META_FILE})')
+    return load_ofa_pth(path)
+
+
+def train(archs: space.Arch,
+          accuracy: np.ndarray,
+          *,
+          key: jax.Array,
+          steps: int = 2000,
+          batch_size: int = 256,
+          learning_rate: float = 1e-3,
+          hidden: Sequence[int] = (400, 400, 400),
+          init: AccuracyPredictor | None = None) -> tuple[AccuracyPredictor, np.ndarray]:
+    """Fits an accuracy predictor to (arch, accuracy) pairs with Adam on MSE.
+
+    The base accuracy starts at the mean accuracy, as OFA does, so the MLP
+    learns the residual.
+
+    Args:
+      archs: batched Arch [n].
+      accuracy: float[n] accuracies as fractions.
+      key: PRNG key (init and minibatches).
+      steps: optimisation steps (one jitted ``lax.scan``).
+      batch_size: minibatch size (sampled with replacement).
+      learning_rate: Adam learning rate.
+      hidden: hidden widths (ignored when ``init`` is given).
+      init: start from this predictor (fine-tuning) instead of random init.
+
+    Returns:
+      (predictor, per-step training loss float32[steps]).
+    """
+    y = jnp.asarray(accuracy, jnp.float32)
+    n = int(y.shape[0])
+    if n == 0:
+        raise ValueError('accuracy: no training data')
+    x = encoding.onehot128(jax.tree_util.tree_map(jnp.asarray, archs))
+    k_init, k_data = jax.random.split(key)
+    if init is None:
+        init = init_predictor(k_init, hidden=hidden, base_acc=float(jnp.mean(y)))
+    model, tx = init.model, optax.adam(learning_rate)
+
+    def loss_fn(params, idx):
+        return jnp.mean((model.apply(params, x[idx]) - y[idx])**2)
+
+    @jax.jit
+    def run(params, key):
+
+        def step(carry, k):
+            params, opt = carry
+            idx = jax.random.randint(k, (min(batch_size, n),), 0, n)
+            loss, grads = jax.value_and_grad(loss_fn)(params, idx)
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), opt), loss
+
+        (params, _), losses = jax.lax.scan(step, (params, tx.init(params)),
+                                           jax.random.split(key, steps))
+        return params, losses
+
+    params, losses = run(init.params, k_data)
+    meta = dict(init.meta, trained_on=n, steps=steps, final_loss=float(losses[-1]))
+    return AccuracyPredictor(params=params, hidden=init.hidden, meta=meta), np.asarray(losses)
