@@ -126,6 +126,47 @@ class TableTest(parameterized.TestCase):
             lut.read_lut_yaml(p.full_path)
 
 
+class BuilderTest(absltest.TestCase):
+
+    def test_layer_modules_cover_every_key_with_matching_shapes(self):
+        from ofa_jax.latency import lut_builder
+        mods = lut_builder.layer_modules(128, 1.2, 10)
+        self.assertEqual(sorted(mods), lut.all_keys(128, 1.2, 10))
+        for key, (module, shape) in list(mods.items())[::7] + list(mods.items())[-4:]:
+            x = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
+            out = jax.eval_shape(lambda v, x, m=module: m.apply(v, x),
+                                 jax.eval_shape(module.init, jax.random.PRNGKey(0), x),
+                                 x)
+            want = key.split('output:')[1].split('-')[0].split('x')
+            self.assertEqual(
+                tuple(out.shape[1:]) if out.ndim == 4 else
+                (1, 1, out.shape[-1]) if 'Logits' not in key else (out.shape[-1],),
+                tuple(int(w) for w in want), key)
+
+    def test_build_two_layers_and_resume(self):
+        from ofa_jax.latency import lut_builder
+        from ofa_jax.latency import measure
+        cache = os.path.join(self.create_tempdir().full_path, 'cache.jsonl')
+        keys = lut.all_keys(128, 1.2, 10)
+        # Pre-fill the cache with every layer but the classifier and pooling: only those two
+        # are compiled and timed, the rest is resumed from the cache.
+        with open(cache, 'w') as f:
+            for k in keys:
+                if not k.startswith(('Logits', 'AvgPool2D')):
+                    f.write('{"key": "%s", "count": 1, "mean": 0.5, "std": 0.0}\n' % k)
+            f.write('{"key": "trunc')  # A line cut by a kill is ignored.
+        table, summary = lut_builder.build_lut([128],
+                                               num_classes=10,
+                                               protocol=measure.FAST_PROTOCOL,
+                                               cache_path=cache,
+                                               progress=False)
+        self.assertEqual(summary['timed_now'], 2)
+        self.assertEqual(summary['layers'], 96)
+        got = table.entries(128)
+        self.assertGreater(got[[k for k in keys if k.startswith('Logits')][0]].mean, 0)
+        self.assertGreater(table.predict_arch(space.smallest(128)), 0.5 * 14)
+
+
 class Note10ParityTest(absltest.TestCase):
 
     def test_reproduces_note10_column(self):
