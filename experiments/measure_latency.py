@@ -28,6 +28,10 @@ def main(argv):
     except campaign.ConfigError as err:
         sys.stderr.write(f'error: {err}\n')
         sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write('\ninterrupted: every finished row is in the store; run the same '
+                         'command again to resume\n')
+        sys.exit(130)
     summary.pop('drift_history', None)
     print(json.dumps(summary, default=str))
 

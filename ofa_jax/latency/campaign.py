@@ -117,8 +117,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     except ValueError as err:
         raise ConfigError(f'config.depthwise: {err}') from None
     protocol = protocol_from_config(config.protocol)
-    rng = np.random.default_rng(int(config.seed))
-    sampled = space.unstack(space.sample_np(rng, int(config.num_archs), resolutions=resolutions))
+    # Arch i depends only on (seed, i): raising num_archs extends a campaign (the first
+    # archs stay the same, so a rerun resumes) and shards agree on the list.
+    sampled = [
+        space.sample_np(np.random.default_rng([int(config.seed), i]), resolutions=resolutions)
+        for i in range(int(config.num_archs))
+    ]
     archs = list({space.arch_key(a): a for a in sampled}.values())  # Dedupe, keep order.
     store_path = config.store or os.path.join(workdir, 'latency.sqlite')
     return Plan(archs=archs,
