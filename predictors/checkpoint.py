@@ -17,6 +17,7 @@ On disk (a folder): ``predictor.json`` (everything but the weights) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -62,7 +63,6 @@ class Predictor:
     def __post_init__(self):
         self.context = np.asarray(self.context, np.float32).reshape(-1)
         self._model = models.build_model(self.model_name, fspec=self.fspec, **self.model_kwargs)
-        self._score = jax.jit(self._score_fn)
 
     @property
     def model(self):
@@ -76,37 +76,64 @@ class Predictor:
 
     def inputs(self, archs: space.Arch, context=None) -> dict[str, Any]:
         """Model inputs for ``archs`` (jnp; usable inside jit)."""
-        x = features.arch_inputs(archs, self.fspec)
-        ctx = jnp.asarray(self.context if context is None else context, jnp.float32)
-        x['context'] = jnp.broadcast_to(ctx, x['scalars'].shape[:-1] + ctx.shape[-1:])
-        return x
-
-    def _member_ms(self, params, x):
-        return self.norm.decode(self._model.apply(params, x))
-
-    def _score_fn(self, params, context, archs):
-        x = self.inputs(archs, context)
-        if self.ensemble:
-            return jnp.mean(jax.vmap(lambda p: self._member_ms(p, x))(params), axis=0)
-        return self._member_ms(params, x)
+        return _inputs(archs, self.context if context is None else context, self.fspec)
 
     def members_ms(self, archs: space.Arch) -> jnp.ndarray:
         """float32[K, N]: every member's prediction (for spread)."""
-        archs = _as_jnp(archs)
-        x = self.inputs(archs)
-        if not self.ensemble:
-            return self._member_ms(self.params, x)[None]
-        return jax.vmap(lambda p: self._member_ms(p, x))(self.params)
+        params = self.params if self.ensemble else jax.tree_util.tree_map(
+            lambda v: v[None], self.params)
+        return _score(params,
+                      jnp.asarray(self.context),
+                      _as_jnp(archs),
+                      model=self._model,
+                      fspec=self.fspec,
+                      norm=self.norm,
+                      reduce=False)
 
     def __call__(self, archs: space.Arch) -> jnp.ndarray:
         """Predicted latency (ms, float32) of a batch of archs, one jitted call."""
-        return self._score(self.params, jnp.asarray(self.context), _as_jnp(archs))
+        if self.ensemble:
+            return _score(self.params,
+                          jnp.asarray(self.context),
+                          _as_jnp(archs),
+                          model=self._model,
+                          fspec=self.fspec,
+                          norm=self.norm,
+                          reduce=True)
+        return _score_one(self.params,
+                          jnp.asarray(self.context),
+                          _as_jnp(archs),
+                          model=self._model,
+                          fspec=self.fspec,
+                          norm=self.norm)
 
     def replace(self, **changes) -> 'Predictor':
         """A copy with some fields changed (e.g. ``params`` or ``context``)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.update(changes)
         return Predictor(**fields)
+
+
+def _inputs(archs, context, fspec):
+    x = features.arch_inputs(archs, fspec)
+    ctx = jnp.asarray(context, jnp.float32)
+    x['context'] = jnp.broadcast_to(ctx, x['scalars'].shape[:-1] + ctx.shape[-1:])
+    return x
+
+
+# Module-level jits keyed on the (hashable) model, feature spec and
+# normalisation: predictors that differ only in weights or context (seeds,
+# fine-tuned copies) share one compiled program per batch shape.
+@functools.partial(jax.jit, static_argnames=('model', 'fspec', 'norm'))
+def _score_one(params, context, archs, *, model, fspec, norm):
+    return norm.decode(model.apply(params, _inputs(archs, context, fspec)))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'fspec', 'norm', 'reduce'))
+def _score(params, context, archs, *, model, fspec, norm, reduce):
+    x = _inputs(archs, context, fspec)
+    per = jax.vmap(lambda p: norm.decode(model.apply(p, x)))(params)
+    return jnp.mean(per, axis=0) if reduce else per
 
 
 def _as_jnp(archs: space.Arch) -> space.Arch:

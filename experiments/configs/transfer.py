@@ -1,0 +1,41 @@
+"""Config of experiments/transfer.py (leave-one-device-out adaptation).
+
+    D=../shared/data/external/help_ofa_w1.2
+    python -m experiments.transfer --config=experiments/configs/transfer.py \
+      --config.sources=$D/2080ti_batch64.csv,$D/titan_rtx_batch64.csv \
+      --config.target=$D/titan_xp_batch64.csv --config.shots=0,10,20,50,100 --config.seeds=5 \
+      --config.devices=2080ti_batch64.csv:2080ti,titan_rtx_batch64.csv:titan_rtx,\
+titan_xp_batch64.csv:titan_xp \
+      --config.reference_index=$D/reference_arch_index.json --workdir=/tmp/transfer
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            sources='',  # comma separated OFA CSV files, one device and batch size each
+            target='',
+            devices='',  # FILE:DEVICE pairs (ofa_jax.hardware names or aliases)
+            batch_sizes='',  # FILE:BATCH pairs; default: "batchN" in the file name, else 1
+            shots='0,10,20,50,100',
+            seeds=5,
+            strategies='paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,'
+            'help_finetune',
+            reference_index='',  # JSON list of reference-arch rows (help strategies)
+            adapt_fraction=0.8,  # shots come from the target's first 80% of rows
+            width=1.2,
+            max_rows=0,
+            seed=0,
+            finetune_steps=300,
+            finetune_lr=1e-3,
+            anchor_weight=1e-4,
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            batch_size=256,
+            max_steps=20000,
+            eval_every=100,
+            patience=20,
+            lr_decay=True,
+        ))

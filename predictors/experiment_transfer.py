@@ -1,0 +1,338 @@
+"""Library side of ``experiments/transfer.py``: predictors for an unseen device.
+
+``run(config, workdir)`` trains base predictors on the source files (one
+device and batch size per file), then for each k in ``config.shots`` and each
+of ``config.seeds`` draws of k rows from the target's first
+``adapt_fraction`` of rows, adapts every strategy and scores the target's
+remaining rows (minus the reference archs, whose latencies the HELP variant
+reads as its device embedding). Only :func:`target_view` touches the target's
+latencies, and it hides every evaluation row.
+
+Base predictors:
+* ``paper``: the 2101.00732 MLP on the first source file (their base device);
+* ``hw``: a context MLP over all sources with [log batch, datasheet hardware
+  features] (device names through :mod:`ofa_jax.hardware`);
+* ``help``: the same with [log batch, log latencies of the reference archs].
+
+Writes ``metrics.json`` (strategy -> k -> mean and std over seeds),
+``pred_vs_measured.png`` (best strategy at the largest k) and the base
+predictors under ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ofa_jax import csvio
+from ofa_jax import hardware
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import experiment_fit
+from predictors import features
+from predictors import fit
+from predictors import metrics
+from predictors import transfer
+
+ConfigError = experiment_fit.ConfigError
+
+
+def _split_list(field: str, text: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(',') if t.strip()]
+    if not items:
+        raise ConfigError(f'{field}: empty; allowed: a comma separated list')
+    return items
+
+
+def _parse_map(field: str, text: str) -> dict[str, str]:
+    out = {}
+    for item in [t.strip() for t in str(text or '').split(',') if t.strip()]:
+        if ':' not in item:
+            raise ConfigError(f'{field}: entry {item!r} is not FILE:VALUE; allowed: '
+                              'comma separated FILE:VALUE pairs')
+        path, value = item.rsplit(':', 1)
+        out[path.strip()] = value.strip()
+    return out
+
+
+def _lookup_map(mapping: dict[str, str], path: str) -> str | None:
+    for key, value in mapping.items():
+        if key == path or os.path.basename(key) == os.path.basename(path):
+            return value
+    return None
+
+
+def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Validates the config; raises ConfigError naming the field and allowed values."""
+    sources = _split_list('sources', config.sources)
+    if not config.target:
+        raise ConfigError('target: empty; allowed: an OFA CSV file')
+    try:
+        shots = [int(s) for s in _split_list('shots', config.shots)]
+        if min(shots) < 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f'shots: {config.shots!r}; allowed: comma separated integers >= 0, '
+                          'e.g. 0,10,20,50,100') from None
+    if int(config.seeds) < 1:
+        raise ConfigError(f'seeds: {config.seeds}; allowed: an integer >= 1')
+    strategies = _split_list('strategies', config.strategies)
+    for s in strategies:
+        if s not in transfer.STRATEGIES:
+            raise ConfigError(f'strategies: {s!r}; allowed: {", ".join(transfer.STRATEGIES)}')
+    if not 0 < float(config.adapt_fraction) < 1:
+        raise ConfigError(f'adapt_fraction: {config.adapt_fraction}; allowed: in (0, 1)')
+    devices = _parse_map('devices', config.devices)
+    batches = _parse_map('batch_sizes', config.batch_sizes)
+    files = sources + [config.target]
+    dev, bsz = {}, {}
+    for f in files:
+        name = _lookup_map(devices, f)
+        if name is not None and hardware.lookup(name) is None:
+            raise ConfigError(f'devices: unknown device {name!r} for {f}; allowed: '
+                              f'{", ".join(hardware.names())}')
+        dev[f] = hardware.lookup(name) if name else None
+        b = _lookup_map(batches, f)
+        if b is None:
+            m = re.search(r'batch(\d+)', os.path.basename(f))
+            b = m.group(1) if m else '1'
+        try:
+            bsz[f] = int(b)
+            if bsz[f] < 1:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f'batch_sizes: {b!r} for {f}; allowed: an integer >= 1') from None
+    if any(s.startswith('hw') for s in strategies) and any(dev[f] is None for f in files):
+        missing = [f for f in files if dev[f] is None]
+        raise ConfigError(f'devices: no device for {missing} (needed by the hw strategies); '
+                          f'allowed names: {", ".join(hardware.names())}')
+    refs = None
+    if any(s.startswith('help') for s in strategies):
+        if not config.reference_index:
+            raise ConfigError('reference_index: required by the help strategies; allowed: a '
+                              'JSON list of row indices (reference_arch_index.json)')
+        with open(config.reference_index) as f:
+            refs = np.asarray(json.load(f), np.int64)
+    return dict(sources=sources,
+                target=config.target,
+                shots=shots,
+                strategies=strategies,
+                device=dev,
+                batch=bsz,
+                refs=refs)
+
+
+def target_view(latency_ms: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The target's latencies with every row outside ``allowed`` set to NaN.
+
+    Adaptation code only ever sees this view, so it cannot read evaluation
+    rows (a NaN would poison any fit that did).
+    """
+    view = np.full_like(np.asarray(latency_ms, np.float64), np.nan)
+    view[allowed] = np.asarray(latency_ms, np.float64)[allowed]
+    return view
+
+
+def _ctx(fspec, batch, hw_spec=None, refs_ms=None):
+    return features.context_vector(fspec,
+                                   batch_size=batch,
+                                   hw=None if hw_spec is None else hardware.raw_features(hw_spec),
+                                   refs=refs_ms)
+
+
+def _train_context_model(kind, tables, parsed, config, tcfg, width):
+    """Context MLP over every source row; kind 'hw' or 'help'."""
+    sources = parsed['sources']
+    refs = parsed['refs']
+    batches = [parsed['batch'][f] for f in sources]
+    kw = {'batch_sizes': batches}
+    if kind == 'hw':
+        kw['hw_features'] = [hardware.raw_features(parsed['device'][f]) for f in sources]
+    else:
+        kw['ref_latencies'] = [tables[f].latency_ms[refs] for f in sources]
+    archs = _concat([tables[f].archs for f in sources])
+    fspec = features.fit_feature_spec(archs, width=width, **kw)
+    tr_a, tr_y, tr_c, va_a, va_y, va_c = [], [], [], [], [], []
+    for f in sources:
+        t = tables[f]
+        c = _ctx(fspec, parsed['batch'][f], parsed['device'][f] if kind == 'hw' else None,
+                 t.latency_ms[refs] if kind == 'help' else None)
+        cut = int(0.9 * len(t))
+        tr_a.append(t.archs[:cut])
+        tr_y.append(t.latency_ms[:cut])
+        tr_c.append(transfer.context_rows(c, cut))
+        va_a.append(t.archs[cut:])
+        va_y.append(t.latency_ms[cut:])
+        va_c.append(transfer.context_rows(c, len(t) - cut))
+    pred, _ = fit.fit_predictor('context_mlp',
+                                _concat(tr_a),
+                                np.concatenate(tr_y),
+                                _concat(va_a),
+                                np.concatenate(va_y),
+                                fspec=fspec,
+                                config=tcfg,
+                                train_context=np.concatenate(tr_c),
+                                val_context=np.concatenate(va_c),
+                                seed=int(config.seed),
+                                meta={
+                                    'kind': kind,
+                                    'sources': sources
+                                })
+    return pred
+
+
+def _concat(archs_list):
+    return space.Arch(*[
+        np.concatenate([getattr(a, f)
+                        for a in archs_list])
+        for f in ('kernel', 'expand', 'depth', 'resolution')
+    ])
+
+
+def transfer_predictions(config: ml_collections.ConfigDict,
+                         workdir: str | None = None) -> dict[str, Any]:
+    """Trains, adapts and predicts; returns predictions on the evaluation rows.
+
+    Returns:
+      dict with ``pred`` (strategy -> k -> float[S, n_eval]), ``eval_rows``,
+      ``allowed_rows``, ``shots`` (k -> int[S, k] row indices) and ``timing``.
+    """
+    parsed = parse_config(config)
+    width = float(config.width)
+    max_rows = int(config.max_rows) or None
+    tables = {
+        f: csvio.read_ofa_csv(f, max_rows=max_rows) for f in parsed['sources'] + [parsed['target']]
+    }
+    target = tables[parsed['target']]
+    n = len(target)
+    cut = int(float(config.adapt_fraction) * n)
+    allowed = np.arange(cut)
+    refs = parsed['refs']
+    eval_rows = np.arange(cut, n)
+    if refs is not None:
+        if refs.max() >= min(len(t) for t in tables.values()):
+            raise ConfigError(f'reference_index: index {int(refs.max())} beyond the rows read')
+        eval_rows = np.setdiff1d(eval_rows, refs)
+    view = target_view(target.latency_ms,
+                       np.union1d(allowed, refs) if refs is not None else allowed)
+    tcfg = experiment_fit.train_config(config)
+    timing = {}
+    bases = {}
+    strategies = parsed['strategies']
+    t0 = time.perf_counter()
+    if any(s.startswith('paper') for s in strategies):
+        first = tables[parsed['sources'][0]]
+        c = int(0.85 * len(first))
+        fspec = features.fit_feature_spec(first.archs[:c], width=width)
+        bases['paper'], _ = fit.fit_predictor('mlp',
+                                              first.archs[:c],
+                                              first.latency_ms[:c],
+                                              first.archs[c:],
+                                              first.latency_ms[c:],
+                                              fspec=fspec,
+                                              config=tcfg,
+                                              seed=int(config.seed))
+        timing['paper_train_s'] = time.perf_counter() - t0
+    tgt_batch = parsed['batch'][parsed['target']]
+    for kind in ('hw', 'help'):
+        if any(s.startswith(kind) for s in strategies):
+            t0 = time.perf_counter()
+            base = _train_context_model(kind, tables, parsed, config, tcfg, width)
+            # Zero-shot: the target's own context (datasheet values or reference latencies).
+            ctx = _ctx(base.fspec, tgt_batch,
+                       parsed['device'][parsed['target']] if kind == 'hw' else None,
+                       view[refs] if kind == 'help' else None)
+            bases[kind] = transfer.with_context(base, ctx)
+            timing[f'{kind}_train_s'] = time.perf_counter() - t0
+    if workdir:
+        for name, p in bases.items():
+            checkpoint.save(p, os.path.join(workdir, 'checkpoint', name))
+
+    eval_archs = target.archs[eval_rows]
+    base_eval = {k: np.asarray(p(eval_archs), np.float64) for k, p in bases.items()}
+    base_allowed = {k: np.asarray(p(target.archs[allowed]), np.float64) for k, p in bases.items()}
+    pred: dict[str, dict[int, np.ndarray]] = {s: {} for s in strategies}
+    shots_used = {}
+    t0 = time.perf_counter()
+    for k in parsed['shots']:
+        draws = np.stack([
+            transfer.draw_shots(np.random.default_rng(1000 * s + k), allowed, k)
+            for s in range(int(config.seeds))
+        ])
+        shots_used[k] = draws
+        ys = view[draws]
+        assert np.all(np.isfinite(ys)), 'a shot outside the allowed rows'
+        for strat in strategies:
+            kind, how = strat.split('_', 1)
+            base = bases[kind]
+            if how in ('affine', 'zero_affine'):
+                out = []
+                for s in range(draws.shape[0]):
+                    pos = np.searchsorted(allowed, draws[s])
+                    a, b = transfer.affine_fit(base_allowed[kind][pos], ys[s])
+                    out.append(np.asarray(transfer.affine_apply(base_eval[kind], a, b)))
+                pred[strat][k] = np.stack(out)
+                continue
+            if k == 0:
+                pred[strat][k] = np.repeat(base_eval[kind][None], draws.shape[0], axis=0)
+                continue
+            shot_archs = target.archs[draws]
+            mode = 'head' if how == 'head' else 'full'
+            adapted = transfer.finetune(
+                base,
+                shot_archs,
+                ys,
+                mode=mode,
+                steps=int(config.finetune_steps),
+                learning_rate=float(config.finetune_lr),
+                anchor_weight=float(config.anchor_weight) if mode == 'full' else 0.0)
+            pred[strat][k] = transfer.predict_many(adapted, eval_archs)
+    timing['adapt_s'] = time.perf_counter() - t0
+    return dict(pred=pred,
+                eval_rows=eval_rows,
+                allowed_rows=allowed,
+                shots=shots_used,
+                timing=timing,
+                truth=target.latency_ms[eval_rows])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the transfer experiment; writes ``metrics.json`` and a plot to ``workdir``."""
+    os.makedirs(workdir, exist_ok=True)
+    res = transfer_predictions(config, workdir)
+    truth = res['truth']
+    out: dict[str, Any] = {
+        'sources': str(config.sources),
+        'target': str(config.target),
+        'eval_rows': int(len(res['eval_rows'])),
+        'seeds': int(config.seeds),
+        'timing': res['timing'],
+        'metrics': {}
+    }
+    best = None
+    for strat, by_k in res['pred'].items():
+        out['metrics'][strat] = {}
+        for k, p in by_k.items():
+            per = [metrics.all_metrics(row, truth) for row in p]
+            entry = {}
+            for name in metrics.METRIC_NAMES:
+                vals = np.array([m[name] for m in per])
+                entry[name] = float(vals.mean())
+                entry[name + '_std'] = float(vals.std())
+            out['metrics'][strat][str(k)] = entry
+            if k == max(by_k) and (best is None or entry['mape'] < best[2]):
+                best = (strat, k, entry['mape'], p[0])
+    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    if best is not None:
+        experiment_fit.plot_pred_vs_measured(
+            os.path.join(workdir, 'pred_vs_measured.png'), best[3], truth,
+            f'{best[0]}, k={best[1]} on {os.path.basename(str(config.target))}: '
+            f'MAPE {best[2]:.2f}%')
+    return out

@@ -1,0 +1,160 @@
+"""Adapting a trained latency predictor to a new device from k measurements.
+
+Strategies (all take only the k shot rows; nothing else of the target is read):
+
+* :func:`finetune` with ``mode='head'``: the 2101.00732 fine-tuning, hidden
+  layers frozen, the output layer refit on the shots;
+* :func:`finetune` with ``mode='full'``: every weight trained, with an L2
+  pull toward the base weights (``anchor_weight``) so that a few shots cannot
+  wreck what the base model knows;
+* :func:`affine_fit` / :func:`affine_apply`: recalibrate a base predictor as
+  ``log y = a log p + b`` (ridge toward a = 1); one shot fixes the scale;
+* zero-shot: a device-conditioned predictor with the target's context
+  (hardware features from the spec table, or HELP-style reference latencies)
+  via :func:`with_context`.
+
+Fine-tuning runs full-batch Adam for a fixed number of steps inside one jit,
+and :func:`finetune` vmaps it over a leading seed axis of the shots, so K
+draws of k shots adapt in one compiled call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import fit
+
+STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'help_affine',
+              'help_finetune')
+
+
+def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndarray:
+    """``k`` distinct row indices drawn from ``allowed`` (never anything else)."""
+    allowed = np.asarray(allowed)
+    if k > len(allowed):
+        raise ValueError(f'shots: k={k} exceeds the {len(allowed)} rows allowed for adaptation')
+    return np.sort(rng.choice(allowed, size=k, replace=False))
+
+
+def affine_fit(pred_ms: np.ndarray,
+               true_ms: np.ndarray,
+               *,
+               ridge: float = 1.0) -> tuple[float, float]:
+    """(a, b) minimising sum (log y - a log p - b)^2 + ridge (a - 1)^2.
+
+    With 0 shots returns (1, 0); with 1 or 2 only the offset b is fit.
+    """
+    lp = np.log(np.asarray(pred_ms, np.float64).reshape(-1))
+    ly = np.log(np.asarray(true_ms, np.float64).reshape(-1))
+    if lp.size == 0:
+        return 1.0, 0.0
+    if lp.size < 3:
+        return 1.0, float(np.mean(ly - lp))
+    xc, yc = lp - lp.mean(), ly - ly.mean()
+    a = float(((xc * yc).sum() + ridge) / ((xc * xc).sum() + ridge))
+    return a, float(ly.mean() - a * lp.mean())
+
+
+def affine_apply(pred_ms, a: float, b: float):
+    """Applies a recalibration from :func:`affine_fit`."""
+    return jnp.exp(a * jnp.log(jnp.asarray(pred_ms)) + b)
+
+
+def with_context(predictor: checkpoint.Predictor, context) -> checkpoint.Predictor:
+    """The same predictor scoring for another device context (zero-shot)."""
+    return predictor.replace(context=np.asarray(context, np.float32))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'mode', 'steps'))
+def _finetune_batch(model, params, xs, ys, anchor_weight, lr, *, mode: str, steps: int):
+    """Full-batch Adam on each seed's shots: xs/ys have a leading seed axis."""
+
+    def labels(p):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: 'train' if mode == 'full' or any('head' in str(getattr(k, 'key', k))
+                                                             for k in path) else 'freeze', p)
+
+    opt = optax.multi_transform({'train': optax.adam(lr), 'freeze': optax.set_to_zero()}, labels)
+
+    def one(x, y):
+
+        def loss_fn(p):
+            err = jnp.mean((model.apply(p, x) - y)**2)
+            sq = jax.tree_util.tree_map(lambda a, b: jnp.sum((a - b)**2), p, params)
+            return err + anchor_weight * sum(jax.tree_util.tree_leaves(sq))
+
+        def step(_, carry):
+            p, s = carry
+            g = jax.grad(loss_fn)(p)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        p, _ = jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))
+        return p
+
+    return jax.vmap(one)(xs, ys)
+
+
+def finetune(predictor: checkpoint.Predictor,
+             shot_archs: space.Arch,
+             shot_ms: np.ndarray,
+             *,
+             mode: str = 'head',
+             steps: int = 300,
+             learning_rate: float = 1e-3,
+             anchor_weight: float = 0.0) -> list[checkpoint.Predictor]:
+    """Fine-tunes a single-member predictor on shots with a leading seed axis.
+
+    Args:
+      predictor: base predictor (not an ensemble); its normalisation and
+        context are kept.
+      shot_archs: Arch with batch shape [S, k] (S independent draws).
+      shot_ms: float[S, k] measured latencies.
+      mode: ``'head'`` (only the layer named ``head``) or ``'full'``.
+      steps: Adam steps (full batch).
+      learning_rate: Adam step size.
+      anchor_weight: L2 weight toward the base parameters.
+
+    Returns:
+      S adapted predictors.
+    """
+    if mode not in ('head', 'full'):
+        raise ValueError(f'mode: {mode!r}; allowed: head, full')
+    if predictor.ensemble:
+        raise ValueError('finetune: pass a single-member predictor, not an ensemble')
+    s, k = np.shape(shot_ms)
+    flat = jax.tree_util.tree_map(lambda v: np.asarray(v).reshape((s * k,) + np.shape(v)[2:]),
+                                  shot_archs)
+    x = fit.make_inputs(flat, predictor.fspec, predictor.context)
+    xs = jax.tree_util.tree_map(lambda v: v.reshape((s, k) + v.shape[1:]), x)
+    ys = predictor.norm.encode(np.asarray(shot_ms))
+    new = _finetune_batch(predictor.model,
+                          predictor.params,
+                          xs,
+                          ys,
+                          jnp.float32(anchor_weight),
+                          jnp.float32(learning_rate),
+                          mode=mode,
+                          steps=int(steps))
+    return [
+        predictor.replace(params=jax.tree_util.tree_map(lambda v, i=i: v[i], new)) for i in range(s)
+    ]
+
+
+def predict_many(predictors: list[checkpoint.Predictor], archs: space.Arch) -> np.ndarray:
+    """float64[S, N]: each predictor's latencies for the same archs."""
+    return np.stack([np.asarray(p(archs), np.float64) for p in predictors])
+
+
+def context_rows(context: Any, n: int) -> np.ndarray:
+    """Broadcasts one device context to ``n`` rows."""
+    c = np.asarray(context, np.float32).reshape(-1)
+    return np.broadcast_to(c, (n, c.size)).copy()
