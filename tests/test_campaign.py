@@ -114,6 +114,31 @@ class ConfigTest(parameterized.TestCase):
         self.assertIn('resolutions', lines[0])
 
 
+class DriftTest(absltest.TestCase):
+
+    def test_reference_drift_flags_rows(self):
+        workdir = self.create_tempdir().full_path
+        c = config_lib.get_config()
+        c.num_archs = 1
+        c.resolutions = '128'
+        c.num_classes = 10
+        c.microbenchmarks = False
+        c.progress = False
+        c.protocol.warmup = 1
+        c.protocol.repeats = 3
+        c.protocol.min_time = 0.0
+        c.protocol.number = 1
+        c.drift.interval = 1
+        c.drift.tolerance = 0.0  # Any change of the reference counts as drift.
+        summary = campaign.run(c, workdir)
+        self.assertEqual(summary['measured'], 1)
+        self.assertEqual(summary['drift_checks'], 1)
+        self.assertLen(summary['drift_history'], 2)
+        self.assertEqual(summary['drift_flagged'], 1)
+        table = csvio.read_ofa_csv(os.path.join(workdir, 'latency.csv'))
+        self.assertEqual(table.extra['drift'], ['1'])
+
+
 class ResumeTest(absltest.TestCase):
 
     def test_sigkill_then_rerun_has_every_row_once(self):
