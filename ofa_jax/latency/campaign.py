@@ -210,6 +210,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         device = fp_lib.resolve_device(config.device)
     except ValueError as err:
         raise ConfigError(f'config.device: {err}') from None
+    if config.depthwise == 'auto':  # The measured device's default, not the host's backend.
+        from ofa_jax import depthwise as dw  # pylint: disable=g-import-not-at-top
+        p.depthwise = dw.default_depthwise(device.platform)
     try:
         store = store_lib.LatencyStore(p.store_path)
     except store_lib.StoreError as err:

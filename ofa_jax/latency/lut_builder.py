@@ -192,7 +192,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise campaign.ConfigError(f'config.device: {err}') from None
     try:
         from ofa_jax import depthwise as dw  # pylint: disable=g-import-not-at-top
-        depthwise = dw.resolve(config.depthwise)
+        depthwise = (dw.default_depthwise(device.platform)
+                     if config.depthwise == 'auto' else dw.resolve(config.depthwise))
     except ValueError as err:
         raise campaign.ConfigError(f'config.depthwise: {err}') from None
     out_dir = os.path.join(workdir, 'lut')
