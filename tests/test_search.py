@@ -170,3 +170,85 @@ class ParetoTest(absltest.TestCase):
 
 if __name__ == '__main__':
     absltest.main()
+
+
+class ConstraintsTest(absltest.TestCase):
+
+    def test_combinators(self):
+        from ofa_jax import counts
+        from ofa_jax.search import constraints
+        archs = space.sample(jax.random.key(3), (64,), resolutions=RES)
+        lat = np.asarray(latency(archs))
+        macs = np.asarray(counts.count_macs(space.to_numpy(archs)), np.float64)
+        params = np.asarray(counts.count_params(space.to_numpy(archs)), np.float64)
+        b1, b2 = np.median(lat), np.median(2 * lat)
+        m = np.median(macs)
+        p = np.quantile(params, 0.7)
+        cons = constraints.all_of(
+            constraints.devices_at_most([latency, lambda a: 2 * latency(a)], [b1, 1.1 * b2]),
+            constraints.macs_at_most(m), constraints.params_at_most(p), None)
+        want = (lat <= b1) & (2 * lat <= 1.1 * b2) & (macs <= m) & (params <= p)
+        np.testing.assert_array_equal(np.asarray(jax.jit(cons)(archs)), want)
+        cond = constraints.conditioned_latency_at_most(lambda a, c: c[0] * latency(a),
+                                                       np.array([[1.0], [2.0]]), [b1, 1.1 * b2])
+        np.testing.assert_array_equal(np.asarray(jax.jit(cond)(archs)),
+                                      (lat <= b1) & (2 * lat <= 1.1 * b2))
+        with self.assertRaisesRegex(ValueError, 'budgets_ms'):
+            constraints.devices_at_most([latency], [1.0, 2.0])
+
+    def test_proxy_objective_is_labelled(self):
+        from ofa_jax.search import objectives
+        proxy = objectives.macs_proxy()
+        self.assertTrue(proxy.is_proxy)
+        self.assertEqual(proxy.name, 'proxy:macs_millions')
+        self.assertFalse(objectives.accuracy_objective(objective).is_proxy)
+        big = proxy(_one(space.largest(224)))
+        self.assertGreater(float(big[0]), 800.0)  # w1.2 largest: 843M MACs at 224
+
+
+_EXTERNAL = os.environ.get(
+    'OFA_JAX_EXTERNAL_DATA',
+    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_LUT_DIR = os.path.join(_EXTERNAL, 'ofa_note10_lut')
+
+
+class ExperimentTest(absltest.TestCase):
+
+    def _config(self, **kw):
+        from experiments.configs import search as search_config
+        cfg = search_config.get_config()
+        cfg.update(population_size=8, num_generations=3, **kw)
+        return cfg
+
+    def test_bad_config_names_field(self):
+        from ofa_jax.search import experiment
+        tmp = self.create_tempdir().full_path
+        with self.assertRaisesRegex(experiment.ConfigError, '^latency: .*does not exist'):
+            experiment.run(self._config(latency='/nonexistent/lut'), tmp)
+        with self.assertRaisesRegex(experiment.ConfigError, '^budgets_ms: '):
+            experiment.run(self._config(latency=tmp, budgets_ms='15,x'), tmp)
+        with self.assertRaisesRegex(experiment.ConfigError, '^latency: .*neither'):
+            experiment.run(self._config(latency=tmp), tmp)
+
+    @absltest.skipUnless(os.path.isdir(_LUT_DIR), 'Note10 LUT not present')
+    def test_lut_search_writes_json(self):
+        import json
+        from ofa_jax.search import experiment
+        tmp = self.create_tempdir().full_path
+        with self.assertRaisesRegex(experiment.ConfigError, '^budgets_ms: .*smallest'):
+            experiment.run(self._config(latency=_LUT_DIR, budgets_ms='1,20'), tmp)
+        with self.assertRaisesRegex(experiment.ConfigError, '^accuracy: '):
+            experiment.run(self._config(latency=_LUT_DIR, accuracy='/nonexistent.pth'), tmp)
+        out = experiment.run(self._config(latency=_LUT_DIR, budgets_ms='15,30', seeds=2), tmp)
+        with open(os.path.join(tmp, 'search.json')) as f:
+            saved = json.load(f)
+        self.assertEqual(saved['results'], out['results'])
+        self.assertLen(saved['results'], 4)
+        self.assertTrue(os.path.exists(os.path.join(tmp, 'pareto.png')))
+        for row in saved['results']:
+            self.assertEqual(row['objective_name'], 'proxy:macs_millions')
+            self.assertLessEqual(row['latency_ms'], row['budget_ms'])
+            self.assertTrue(row['feasible'])
+            space.from_ofa_dict(row['arch'])
+        self.assertEqual(saved['resolutions'], list(range(160, 225, 4)))
+        self.assertGreater(saved['search_seconds'], 0.0)

@@ -317,10 +317,25 @@ def initial_population(key: jax.Array, params: EvoParams,
 # init / ask / tell / evolve.
 
 
-def _select(genomes: space.Arch, fitness: jax.Array, feasible: jax.Array,
-            k: int) -> tuple[space.Arch, jax.Array, jax.Array]:
-    _, idx = jax.lax.top_k(_rank_key(fitness, feasible), k)
-    return genomes[idx], jnp.asarray(fitness, jnp.float32)[idx], feasible[idx]
+def genome_hash(genomes: space.Arch) -> jax.Array:
+    """uint32 hash of each canonical genome (equal sub-networks, equal hash).
+
+    A random-coefficient polynomial over the gene indices; collisions between
+    distinct sub-networks are ~2^-32 per pair and only cost a skipped child.
+    """
+    g = space.canonicalize(genomes)
+    genes = jnp.concatenate([g.kernel, g.expand, g.depth, g.resolution[..., None]],
+                            axis=-1).astype(jnp.uint32)
+    coef = jax.random.bits(jax.random.key(20200426), (genes.shape[-1],), jnp.uint32) | 1
+    return jnp.sum(genes * coef, axis=-1, dtype=jnp.uint32) ^ (genes[..., 0] << 7)
+
+
+def _first_occurrence(hashes: jax.Array) -> jax.Array:
+    """bool mask: True for the first entry of each distinct hash."""
+    n = hashes.shape[0]
+    same = hashes[:, None] == hashes[None, :]
+    earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]
+    return ~jnp.any(same & earlier, axis=1)
 
 
 def init(key: jax.Array, params: EvoParams, objective: Objective,
@@ -328,10 +343,11 @@ def init(key: jax.Array, params: EvoParams, objective: Objective,
     """Builds and scores the first population and keeps the best as parents."""
     genomes, ok = initial_population(key, params, constraint)
     fitness = jnp.asarray(objective(space.canonicalize(genomes)), jnp.float32)
-    parents, fitness, feasible = _select(genomes, fitness, ok, params.num_parents)
-    return EvoState(parents=parents,
-                    fitness=fitness,
-                    feasible=feasible,
+    eligible = ok & _first_occurrence(genome_hash(genomes))
+    _, idx = jax.lax.top_k(_rank_key(fitness, eligible), params.num_parents)
+    return EvoState(parents=genomes[idx],
+                    fitness=fitness[idx],
+                    feasible=ok[idx],
                     generation=jnp.zeros((), jnp.int32))
 
 
@@ -366,14 +382,24 @@ def ask(key: jax.Array, state: EvoState, params: EvoParams,
 
 def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: EvoState,
          params: EvoParams) -> EvoState:
-    """Keeps the best ``num_parents`` of parents and children (elitist, as OFA)."""
+    """Keeps the best ``num_parents`` distinct archs of parents and children.
+
+    Elitist like OFA's finder. Unlike it, a child equal to a parent or to an
+    earlier child (same canonical sub-network) is not selected again, so
+    copies cannot crowd the parent pool; children that fell back to their
+    parent in :func:`ask` are such copies.
+    """
     genomes = _concat(state.parents, children)
     fitness = jnp.concatenate([state.fitness, jnp.asarray(fitness, jnp.float32)])
     feasible = jnp.concatenate([state.feasible, jnp.asarray(feasible, bool)])
-    parents, fitness, feasible = _select(genomes, fitness, feasible, params.num_parents)
-    return EvoState(parents=parents,
-                    fitness=fitness,
-                    feasible=feasible,
+    eligible = feasible & _first_occurrence(genome_hash(genomes))
+    # Parents always stay eligible (their flag is their feasibility), so the
+    # best feasible arch is never lost.
+    eligible = eligible.at[:params.num_parents].set(feasible[:params.num_parents])
+    _, idx = jax.lax.top_k(_rank_key(fitness, eligible), params.num_parents)
+    return EvoState(parents=genomes[idx],
+                    fitness=fitness[idx],
+                    feasible=feasible[idx],
                     generation=state.generation + 1)
 
 

@@ -1,0 +1,122 @@
+"""Search speed: a full default search (100 x 500) and 5 budgets x 3 seeds in one call.
+
+Both the objective and the constraint are 128-400-400-400-1 Flax MLPs on OFA's
+one-hot encoding (random init: an accuracy MLP in OFA's form, and a latency
+MLP whose output is mapped to a positive ms range), i.e. the cost of a search
+with learned accuracy and latency predictors. Timings exclude compilation
+(AOT ``lower().compile()`` first), synchronise with ``block_until_ready`` and
+report the median of ``--repeats`` runs. OFA's tutorial EvolutionFinder takes
+9-20 s per search on this 2-core machine (Note10 LUT + its accuracy
+predictor). Targets: one search < 1 s, 15 searches in one call < 5 s.
+
+Run (from the repository root; rerun on a quiet machine for final numbers;
+``taskset -c 0`` pins to one core)::
+
+    python -m benchmarks.search_speed [--repeats=3] [--max_tries=4]
+
+Writes benchmarks/results/search_speed.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import space
+from ofa_jax import search
+from predictors import accuracy
+
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'timed runs per case (median reported)')
+_MAX_TRIES = flags.DEFINE_integer('max_tries', 4, 'EvoParams.max_tries')
+_OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),
+                           'output folder')
+
+
+def _latency_mlp(key):
+    """A random-init 128-400-400-400-1 MLP mapped to 5..45 ms (monotone in nothing)."""
+    mlp = accuracy.init_predictor(key)
+    return lambda archs: 5.0 + 40.0 * jax.nn.sigmoid(4.0 * mlp(archs))
+
+
+def _time(fn, *args, repeats: int) -> tuple[float, float, list[float]]:
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(repeats):
+        shifted = (args[0] + 100 * (i + 1),) + args[1:]
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*shifted))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), compile_s, times
+
+
+def main(argv):
+    del argv
+    acc = accuracy.init_predictor(jax.random.key(0))
+    lat = _latency_mlp(jax.random.key(1))
+    params = search.make_params(max_tries=_MAX_TRIES.value)
+    sample = space.sample(jax.random.key(2), (10000,), resolutions=params.resolutions)
+    q = np.quantile(np.asarray(lat(sample)), [0.02, 0.1, 0.3, 0.6, 0.9])
+    budgets = [float(round(v, 2)) for v in q]
+
+    single = search.make_budget_search(params, acc, lat, jit=False)
+    seeds1, budgets1 = search.grid([budgets[2]], [0])
+    t_one, c_one, all_one = _time(single, seeds1, budgets1, repeats=_REPEATS.value)
+    seeds15, budgets15 = search.grid(budgets, [0, 1, 2])
+    t_15, c_15, all_15 = _time(single, seeds15, budgets15, repeats=_REPEATS.value)
+    res = jax.device_get(jax.jit(single)(seeds15, budgets15))
+    ok = bool(res.feasible.all() and (res.latency <= res.budget + 1e-4).all())
+
+    load = os.getloadavg()
+    rows = [
+        ('1 search (100 x 500)', t_one, c_one, 1.0, 9.0),
+        ('15 searches (5 budgets x 3 seeds), one call', t_15, c_15, 5.0, 15 * 9.0),
+    ]
+    print(f'\nSearch speed, MLP accuracy + MLP latency predictors, max_tries={_MAX_TRIES.value}, '
+          f'{os.cpu_count()} CPUs, load average {load[0]:.1f}, jax {jax.__version__}')
+    print(f'{"case":<46} {"seconds":>8} {"compile":>8} {"target":>7} {"met":>4} '
+          f'{"OFA (>=9 s/search)":>18}')
+    for name, t, c, target, ofa in rows:
+        print(f'{name:<46} {t:8.3f} {c:8.1f} {target:7.1f} {"yes" if t < target else "NO":>4} '
+              f'{ofa:18.0f}')
+    print(f'budgets (ms, latency-MLP quantiles): {budgets}; all 15 results feasible: {ok}')
+    if load[0] > 1.5:
+        print('NOTE: machine busy (load average > 1.5): rerun on a quiet machine.')
+    os.makedirs(_OUT.value, exist_ok=True)
+    with open(os.path.join(_OUT.value, 'search_speed.json'), 'w') as f:
+        json.dump(
+            {
+                'command': 'python -m benchmarks.search_speed ' + ' '.join(sys.argv[1:]),
+                'one_search_seconds': t_one,
+                'one_search_runs': all_one,
+                'fifteen_searches_seconds': t_15,
+                'fifteen_searches_runs': all_15,
+                'compile_seconds': [c_one, c_15],
+                'budgets_ms': budgets,
+                'all_feasible': ok,
+                'max_tries': _MAX_TRIES.value,
+                'load_average': load,
+                'cpus': os.cpu_count(),
+                'jax': jax.__version__,
+                'objective_mean_per_budget': {
+                    str(b): float(jnp.mean(res.objective[res.budget == np.float32(b)]))
+                    for b in budgets
+                },
+            },
+            f,
+            indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    app.run(main)
