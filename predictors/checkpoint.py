@@ -176,8 +176,10 @@ def load(directory: str | os.PathLike) -> Predictor:
     with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
         params = flax.serialization.msgpack_restore(f.read())
     params = jax.tree_util.tree_map(jnp.asarray, params)
+    # JSON turns tuples into lists; module options must stay hashable for jit.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta['model_kwargs'].items()}
     return Predictor(model_name=meta['model_name'],
-                     model_kwargs=meta['model_kwargs'],
+                     model_kwargs=kwargs,
                      fspec=features.FeatureSpec.from_dict(meta['fspec']),
                      norm=train_lib.TargetNorm(**meta['norm']),
                      params=params,
