@@ -21,7 +21,8 @@ class DepthwiseTest(parameterized.TestCase):
         x = jnp.asarray(rng.standard_normal((2, size, size + 1, 5)), jnp.float32)
         w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, 5)), jnp.float32)
         outs = {
-            name: dw.depthwise_conv(x, w, stride, kernel // 2, name) for name in dw.DEPTHWISE_IMPLS
+            name: jax.jit(fn, static_argnums=(2, 3))(x, w, stride, kernel // 2)
+            for name, fn in dw.DEPTHWISE_IMPLS.items()
         }
         want_h = (size - 1) // stride + 1
         self.assertEqual(outs['conv'].shape, (2, want_h, (size + 1 - 1) // stride + 1, 5))
@@ -115,14 +116,14 @@ class LayersTest(parameterized.TestCase):
         else:
             self.assertNotIn('se', p)
         self.assertEqual(m.residual, residual)
-        out = m.apply(v, x)
+        out = jax.jit(m.apply)(v, x)
         size = (9 - 1) // stride + 1
         chex.assert_shape(out, (2, size, size, cout))
         if residual:
             # Zeroing the projection's BN leaves exactly the identity shortcut.
             p0 = jax.tree_util.tree_map(lambda a: a, p)
             p0['point_linear']['bn'] = {'scale': jnp.zeros(cout), 'bias': jnp.zeros(cout)}
-            np.testing.assert_allclose(m.apply({**v, 'params': p0}, x), x, atol=1e-6)
+            np.testing.assert_allclose(jax.jit(m.apply)({**v, 'params': p0}, x), x, atol=1e-6)
 
     def test_expand_one_block_has_no_inverted_bottleneck(self):
         m = layers.MBConv(8, 8, 8, 3, 1, 'relu', False)
