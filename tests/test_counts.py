@@ -14,6 +14,7 @@ from ofa_jax import counts
 from ofa_jax import info
 from ofa_jax import space
 from ofa_jax import subnet
+from ofa_jax import summary
 
 
 class CountsTest(parameterized.TestCase):
@@ -83,6 +84,19 @@ class CountsTest(parameterized.TestCase):
         ratio = cost['flops'] / (2 * counts.count_macs(arch, 1.0))
         self.assertGreaterEqual(ratio, 1.0)
         self.assertLess(ratio, 1.10)
+
+
+class SummaryTest(absltest.TestCase):
+
+    def test_size_table(self):
+        rows = {(r['width'], r['arch']): r for r in summary.size_table()}
+        self.assertLen(rows, 4)
+        self.assertEqual(rows[1.0, 'largest']['params'], 7_664_760)
+        self.assertEqual(rows[1.2, 'smallest']['macs_128'], 65_539_304)
+        self.assertEqual(rows[1.2, 'largest']['macs_224'], 843_111_496)
+        text = summary.format_table(list(rows.values()))
+        self.assertIn('10,701,632', text)
+        self.assertIn('843.1M', text)
 
 
 class InfoTest(parameterized.TestCase):
