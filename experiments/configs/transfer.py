@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
             reference_index='',  # JSON list of reference-arch rows (help strategies)
             adapt_fraction=0.8,  # shots come from the target's first 80% of rows
             width=1.2,
+            context_hidden='256,256,256',  # hidden widths of the hw/help context MLPs
             max_rows=0,
             seed=0,
             finetune_steps=300,

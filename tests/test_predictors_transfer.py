@@ -1,0 +1,116 @@
+"""Transfer to a new device: shots come only from allowed rows; strategies run end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+import numpy as np
+
+from experiments.configs import transfer as transfer_config
+from ofa_jax import csvio
+from ofa_jax import space
+from predictors import experiment_transfer
+from predictors import transfer
+
+
+def _write_devices(folder, n=120, poison_eval=False):
+    rng = np.random.default_rng(0)
+    archs = space.sample_np(rng, n, resolutions=(160, 192, 224))
+    base = 1.0 + 0.5 * np.asarray(archs.depth).sum(-1) + np.asarray(archs.resolution) / 50.0
+    paths = []
+    for name, scale in (('2080ti', 1.0), ('titan_rtx', 0.9), ('titan_xp', 1.7)):
+        lat = base * scale
+        if poison_eval and name == 'titan_xp':
+            lat = lat.copy()
+            lat[int(0.8 * n):] *= 1000.0
+        path = os.path.join(folder, f'{name}_batch64.csv')
+        csvio.write_ofa_csv(path, archs, lat)
+        paths.append(path)
+    refs = os.path.join(folder, 'refs.json')
+    with open(refs, 'w') as f:
+        json.dump([3, 50, 110], f)
+    return paths, refs
+
+
+def _config(paths, refs, strategies):
+    cfg = transfer_config.get_config()
+    cfg.sources = ','.join(paths[:2])
+    cfg.target = paths[2]
+    cfg.devices = ('2080ti_batch64.csv:2080ti,titan_rtx_batch64.csv:titan_rtx,'
+                   'titan_xp_batch64.csv:titan_xp')
+    cfg.reference_index = refs
+    cfg.shots = '0,5'
+    cfg.seeds = 2
+    cfg.strategies = strategies
+    cfg.max_steps = 20
+    cfg.eval_every = 10
+    cfg.finetune_steps = 5
+    cfg.context_hidden = '16'
+    return cfg
+
+
+class TransferTest(absltest.TestCase):
+
+    def test_draw_shots_only_from_allowed(self):
+        allowed = np.arange(10, 30)
+        for seed in range(20):
+            shots = transfer.draw_shots(np.random.default_rng(seed), allowed, 7)
+            self.assertTrue(np.isin(shots, allowed).all())
+            self.assertLen(np.unique(shots), 7)
+        with self.assertRaisesRegex(ValueError, 'exceeds'):
+            transfer.draw_shots(np.random.default_rng(0), allowed, 21)
+
+    def test_target_view_hides_eval_rows(self):
+        view = experiment_transfer.target_view(np.arange(1.0, 11.0), np.arange(8))
+        np.testing.assert_array_equal(view[:8], np.arange(1.0, 9.0))
+        self.assertTrue(np.isnan(view[8:]).all())
+
+    def test_affine_fit(self):
+        p = np.array([1.0, 2.0, 4.0, 8.0])
+        a, b = transfer.affine_fit(p, 3.0 * p, ridge=0.0)
+        self.assertAlmostEqual(a, 1.0)
+        self.assertAlmostEqual(b, np.log(3.0))
+        self.assertEqual(transfer.affine_fit([], []), (1.0, 0.0))
+
+    def test_eval_rows_never_read(self):
+        clean = self.create_tempdir('clean').full_path
+        dirty = self.create_tempdir('dirty').full_path
+        strategies = 'paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine'
+        out = []
+        for folder, poison in ((clean, False), (dirty, True)):
+            paths, refs = _write_devices(folder, poison_eval=poison)
+            cfg = _config(paths, refs, strategies)
+            out.append(experiment_transfer.transfer_predictions(cfg))
+        a, b = out
+        work = os.path.join(clean, 'work')
+        summary = experiment_transfer.summarize(a, cfg, work)
+        self.assertIn('mape', summary['metrics']['paper_head']['5'])
+        for name in ('metrics.json', 'pred_vs_measured.png'):
+            self.assertTrue(os.path.exists(os.path.join(work, name)))
+        np.testing.assert_array_equal(a['eval_rows'], np.arange(96, 120))
+        for k, draws in a['shots'].items():
+            self.assertTrue(np.isin(draws, a['allowed_rows']).all())
+        for strat in a['pred']:
+            for k in a['pred'][strat]:
+                self.assertEqual(a['pred'][strat][k].shape, (2, len(a['eval_rows'])))
+                np.testing.assert_array_equal(a['pred'][strat][k], b['pred'][strat][k])
+        # The poisoned file really differs where it is evaluated.
+        self.assertGreater(b['truth'].min(), 100 * a['truth'].max())
+
+    def test_bad_config_exits_2(self):
+        proc = subprocess.run([
+            sys.executable, '-m', 'experiments.transfer',
+            '--config=experiments/configs/transfer.py', '--config.sources=a.csv',
+            '--config.target=b.csv', '--config.shots=0,x', '--workdir=/tmp/unused'
+        ],
+                              capture_output=True,
+                              text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn('shots', proc.stderr.strip().splitlines()[-1])
+
+
+if __name__ == '__main__':
+    absltest.main()
