@@ -96,6 +96,8 @@ class ConfigTest(parameterized.TestCase):
         self.assertEqual(campaign.parse_int_list('resolutions', '128, 160,128', (128, 160)),
                          (128, 160))
         self.assertEqual(campaign.parse_int_list('batch_sizes', 4), (4,))
+        self.assertEqual(campaign.parse_int_list('resolutions', '128-140', range(128, 225, 4)),
+                         (128, 132, 136, 140))
 
     def test_cli_bad_config_exits_2_without_traceback(self):
         workdir = self.create_tempdir().full_path

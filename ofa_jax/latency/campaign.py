@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 
 def parse_int_list(name: str, value: Any, allowed: Sequence[int] | None = None) -> tuple[int, ...]:
-    """Parses ``'128,160'``, ``128`` or ``(128, 160)`` into a tuple of ints.
+    """Parses ``'128,160'``, ``'128-224'`` (step 4 for resolutions), ``128`` or a sequence.
 
     Raises:
       ConfigError: naming the field, the bad value and the allowed values.
@@ -46,7 +46,14 @@ def parse_int_list(name: str, value: Any, allowed: Sequence[int] | None = None) 
     else:
         parts = list(value)
     try:
-        out = tuple(int(p) for p in parts)
+        out = []
+        for p in parts:
+            if isinstance(p, str) and '-' in p.strip('-'):  # 'A-B': A to B step 4 / 1.
+                lo, hi = (int(v) for v in p.split('-'))
+                out.extend(range(lo, hi + 1, 4 if name == 'resolutions' else 1))
+            else:
+                out.append(int(p))
+        out = tuple(out)
     except (TypeError, ValueError):
         raise ConfigError(f'config.{name}: {value!r} is not a comma-separated list of integers '
                           f'(e.g. --config.{name}=128,160)') from None
