@@ -1,5 +1,7 @@
 """Tests for the static sub-network built from one architecture."""
 
+import functools
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -9,6 +11,9 @@ import numpy as np
 
 from ofa_jax import space
 from ofa_jax import subnet
+
+# Correctness does not need XLA's backend optimisations; skipping them halves compiles.
+jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
 def _num_params(model, size=32):
@@ -73,13 +78,12 @@ class SubNetTest(parameterized.TestCase):
         conv = subnet.build_subnet(arch, 1.0, num_classes=10, depthwise='conv')
         shifted = subnet.build_subnet(arch, 1.0, num_classes=10, depthwise='shifted')
         v = subnet.init_variables(conv, x.shape)
-        a = jax.jit(conv.apply)(v, x)
-        b = jax.jit(shifted.apply)(v, x)
+        a = jit(conv.apply)(v, x)
+        b = jit(shifted.apply)(v, x)
         chex.assert_shape(a, (2, 10))
         self.assertGreater(float(jnp.max(jnp.abs(a))), 1e-2)
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-        logits, upd = jax.jit(lambda v, x: conv.apply(v, x, train=True, mutable=['batch_stats']))(v,
-                                                                                                  x)
+        logits, upd = jit(lambda v, x: conv.apply(v, x, train=True, mutable=['batch_stats']))(v, x)
         chex.assert_tree_all_finite(logits)
         self.assertFalse(np.allclose(upd['batch_stats']['first_conv']['bn']['mean'], 0.0))
 

@@ -117,6 +117,20 @@ class BlockTest(parameterized.TestCase):
         np.testing.assert_array_equal(got['var'][m:], old['var'][m:])
         self.assertFalse(np.allclose(got['var'][:m], old['var'][:m]))
 
+    def test_elastic_depthwise_impls_agree(self):
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 8)), jnp.float32)
+        outs = {}
+        for impl in ('conv', 'shifted'):
+            m = supernet.ElasticDepthwiseConv(8, 2, impl)
+            v = randomize(subnet.init_variables(m, x.shape, 0, kernel_size=jnp.int32(5)), 4)
+            run = jit(lambda v, x, k, m=m: m.apply(v, x, k))
+            outs[impl] = [run(v, x, jnp.int32(k)) for k in space.KERNEL_CHOICES]
+        for a, b in zip(outs['conv'], outs['shifted']):
+            chex.assert_shape(a, (2, 5, 5, 8))
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        # The three kernel sizes give three different convolutions.
+        self.assertGreater(float(jnp.max(jnp.abs(outs['conv'][0] - outs['conv'][1]))), 1e-3)
+
     def test_inactive_block_is_identity_and_keeps_stats(self):
         net = spec.net_spec(1.0)
         dyn = supernet.DynamicMBConv(net, 6, 'conv')  # stage 1, third block: may be skipped.
