@@ -64,8 +64,12 @@ class EvoParams:
       mutation_ratio: fraction of the children made by mutation; the rest
         by uniform crossover of two parents (static).
       resolutions: the input resolutions searched (static).
-      max_tries: redraws of an infeasible child before it falls back to its
-        parent (static).
+      max_tries: draws of a child until it is feasible before it falls back
+        to its parent (static).
+      retry_size: children redrawn per retry (static; 0 means
+        ``population_size // 4``). Retries redraw only infeasible slots, a
+        fixed-size batch at a time, so each costs ``retry_size`` constraint
+        evaluations instead of a whole population's.
       init_rounds: redraw rounds, shrinking toward the smallest arch, that
         build the feasible first population (static).
     """
@@ -78,6 +82,7 @@ class EvoParams:
     resolutions: tuple[int, ...] = flax.struct.field(pytree_node=False,
                                                      default=OFA_FINDER_RESOLUTIONS)
     max_tries: int = flax.struct.field(pytree_node=False, default=4)
+    retry_size: int = flax.struct.field(pytree_node=False, default=0)
     init_rounds: int = flax.struct.field(pytree_node=False, default=20)
 
     @property
@@ -89,6 +94,12 @@ class EvoParams:
     def num_mutants(self) -> int:
         """Children made by mutation each generation (50 by default)."""
         return int(round(self.population_size * self.mutation_ratio))
+
+    @property
+    def num_retry(self) -> int:
+        """Children redrawn per retry."""
+        size = self.retry_size or max(1, self.population_size // 4)
+        return min(size, self.population_size)
 
     @property
     def num_evaluations(self) -> int:
@@ -106,13 +117,14 @@ def make_params(*, resolutions: Sequence[int] = OFA_FINDER_RESOLUTIONS, **kwargs
         'parent_ratio': 0.0 < params.parent_ratio <= 1.0,
         'mutation_ratio': 0.0 <= params.mutation_ratio <= 1.0,
         'max_tries': params.max_tries >= 1,
+        'retry_size': params.retry_size >= 0,
         'init_rounds': params.init_rounds >= 1,
     }
     for name, ok in checks.items():
         if not ok:
             raise ValueError(f'{name}: value {getattr(params, name)!r} is out of range '
                              '(population_size >= 2, num_generations >= 1, 0 < parent_ratio '
-                             '<= 1, 0 <= mutation_ratio <= 1, max_tries >= 1, '
+                             '<= 1, 0 <= mutation_ratio <= 1, max_tries >= 1, retry_size >= 0, '
                              'init_rounds >= 1)')
     return params
 
@@ -235,19 +247,33 @@ def _rank_key(fitness: jax.Array, feasible: jax.Array) -> jax.Array:
     return jnp.where(feasible & ~jnp.isnan(fitness), fitness, -jnp.inf)
 
 
-def resample_until_feasible(key: jax.Array, propose: Callable[[jax.Array], space.Arch],
+def resample_until_feasible(key: jax.Array, propose: Callable[[jax.Array, jax.Array],
+                                                              space.Arch], num_slots: int,
                             fallback: space.Arch, fallback_ok: jax.Array, constraint: Constraint,
-                            max_tries: int) -> tuple[space.Arch, jax.Array]:
-    """Bounded resampling: draw ``propose(key)`` until each slot is feasible.
+                            max_tries: int, retry_size: int) -> tuple[space.Arch, jax.Array]:
+    """Bounded resampling: redraw infeasible slots until feasible, then fall back.
 
-    Each slot keeps its first feasible draw; after ``max_tries`` draws the
-    remaining slots take ``fallback``. Stops early once every slot is feasible.
+    The first draw fills every slot. Each retry redraws up to ``retry_size``
+    still-infeasible slots (fixed shape: the first ones in slot order), so a
+    retry costs ``retry_size`` constraint evaluations. After ``max_tries``
+    draws, or once every slot is feasible, remaining slots take ``fallback``.
+
+    Args:
+      key: PRNG key.
+      propose: ``propose(key, slots int[m]) -> Arch[m]`` draws candidates for
+        the given slots.
+      num_slots: number of slots.
+      fallback: Arch[num_slots] used where no draw was feasible.
+      fallback_ok: bool[num_slots], feasibility of ``fallback``.
+      constraint: ``archs -> bool[n]``.
+      max_tries: draws per slot, the first included.
+      retry_size: slots redrawn per retry.
 
     Returns:
       (archs, feasible) for every slot.
     """
     k0, key = jax.random.split(key)
-    first = propose(k0)
+    first = propose(k0, jnp.arange(num_slots))
     carry = (key, jnp.int32(1), first, _check(constraint, first))
 
     def cond(c):
@@ -257,10 +283,16 @@ def resample_until_feasible(key: jax.Array, propose: Callable[[jax.Array], space
     def body(c):
         key, t, cand, ok = c
         key, sub = jax.random.split(key)
-        new = propose(sub)
-        new_ok = _check(constraint, new)
-        cand = _where(ok, cand, new)
-        return key, t + 1, cand, ok | new_ok
+        # Stable sort puts infeasible slots first; surplus picks are feasible
+        # slots and are left unchanged.
+        slots = jnp.argsort(ok, stable=True)[:retry_size]
+        redo = ~ok[slots]
+        new = propose(sub, slots)
+        take = redo & _check(constraint, new)
+        old = cand[slots]
+        cand = jax.tree_util.tree_map(lambda c_, n_, o_: c_.at[slots].set(n_), cand,
+                                      _where(take, new, old), old)
+        return key, t + 1, cand, ok.at[slots].set(ok[slots] | take)
 
     _, _, cand, ok = jax.lax.while_loop(cond, body, carry)
     return _where(ok, cand, fallback), ok | fallback_ok
@@ -368,16 +400,20 @@ def ask(key: jax.Array, state: EvoState, params: EvoParams,
     im = jax.random.randint(km, (num_m,), 0, num_p)
     i1 = jax.random.randint(k1, (num_c,), 0, num_p)
     i2 = jax.random.randint(k2, (num_c,), 0, num_p)
-    base_m, base_1, base_2 = state.parents[im], state.parents[i1], state.parents[i2]
+    # Per slot: mutants take base_a; crossovers combine base_a and base_b.
+    base_a = state.parents[jnp.concatenate([im, i1])]
+    base_b = state.parents[jnp.concatenate([im, i2])]
 
-    def propose(k):
+    def propose(k, slots):
         ka, kb = jax.random.split(k)
-        return _concat(mutate(ka, base_m, params.mutate_prob, params.resolutions),
-                       crossover(kb, base_1, base_2))
+        a, b = base_a[slots], base_b[slots]
+        mutant = mutate(ka, a, params.mutate_prob, params.resolutions)
+        child = crossover(kb, a, b)
+        return _where(slots < num_m, mutant, child)
 
-    fallback = _concat(base_m, base_1)
-    fallback_ok = jnp.concatenate([state.feasible[im], state.feasible[i1]])
-    return resample_until_feasible(kp, propose, fallback, fallback_ok, constraint, params.max_tries)
+    fallback_ok = state.feasible[jnp.concatenate([im, i1])]
+    return resample_until_feasible(kp, propose, params.population_size, base_a, fallback_ok,
+                                   constraint, params.max_tries, params.num_retry)
 
 
 def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: EvoState,

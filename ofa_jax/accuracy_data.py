@@ -1,0 +1,190 @@
+"""Building an (arch, accuracy) dataset by evaluating sub-networks of a supernet.
+
+As OFA does for its accuracy predictor: for each sampled architecture, extract
+the static sub-network from the supernet's variables
+(:func:`ofa_jax.extract.extract_subnet`), re-calibrate its BatchNorm running
+statistics on a few training batches (the shared statistics of the supernet do
+not fit a sub-network), then measure top-1 accuracy on an evaluation split.
+
+Data come from ``tfds.data_source`` (random access, no TensorFlow needed; tests
+use ``tfds.testing.mock_data``). Images are resized in the pipeline (shorter
+side to ``resolution / 0.875``, centre crop, as OFA's evaluation transform;
+mock images have random sizes) and normalised with ImageNet mean and std.
+
+Re-calibration: the statistic of each BatchNorm is the average over the
+calibration batches of the per-batch mean and (unbiased) variance, as OFA's
+``set_running_statistics``. Batch statistics are read out of the module's
+running-average update with the running values set to zero first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import extract, layers, space
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+CROP_RATIO = 0.875
+
+
+@dataclasses.dataclass
+class AccuracyRecord:
+    """One evaluated sub-network: its arch (OFA dict form) and top-1 accuracy."""
+
+    arch: dict[str, Any]
+    accuracy: float
+    num_examples: int
+
+
+def preprocess(image: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 HxWx3 (or HxW) -> float32 [r, r, 3]: resize, centre crop, normalise."""
+    from PIL import Image
+    img = Image.fromarray(np.asarray(image, np.uint8).squeeze())
+    img = img.convert('RGB')
+    short = int(round(resolution / CROP_RATIO))
+    w, h = img.size
+    scale = short / min(w, h)
+    img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
+                     Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    img = img.crop((left, top, left + resolution, top + resolution))
+    x = np.asarray(img, np.float32) / 255.0
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def batches(source: Any,
+            indices: Sequence[int],
+            resolution: int,
+            batch_size: int,
+            *,
+            image_key: str = 'image',
+            label_key: str = 'label') -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (images float32[b, r, r, 3], labels int32[b]) from a random-access source.
+
+    The last batch is padded by repeating examples, with labels -1 so padded
+    rows never count as correct (fixed shapes: one compile per resolution).
+    """
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        examples = [source[int(i)] for i in chunk]
+        x = np.stack([preprocess(e[image_key], resolution) for e in examples] +
+                     [preprocess(examples[0][image_key], resolution)] * pad)
+        y = np.asarray([int(e[label_key]) for e in examples] + [-1] * pad, np.int32)
+        yield x, y
+
+
+def _zero_stats(stats: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.zeros_like, stats)
+
+
+def recalibrate_bn(model: Any, variables: dict, images: Sequence[np.ndarray]) -> dict:
+    """Replaces every BatchNorm's running statistics by their average over ``images``.
+
+    Args:
+      model: a Flax module whose BatchNorms update ``batch_stats`` in train mode
+        with PyTorch momentum ``layers.BN_MOMENTUM``.
+      variables: its variables (``params`` and ``batch_stats``).
+      images: calibration batches, float32 [b, r, r, 3].
+
+    Returns:
+      A variables dict with re-calibrated ``batch_stats``.
+    """
+    if 'batch_stats' not in variables:
+        return variables
+    zero = {'params': variables['params'], 'batch_stats': _zero_stats(variables['batch_stats'])}
+
+    @jax.jit
+    def batch_stats(x):
+        _, upd = model.apply(zero, x, train=True, mutable=['batch_stats'])
+        # From zero running values one update leaves momentum * batch statistic.
+        return jax.tree_util.tree_map(lambda v: v / layers.BN_MOMENTUM, upd['batch_stats'])
+
+    total, n = None, 0
+    for x in images:
+        s = batch_stats(jnp.asarray(x))
+        total = s if total is None else jax.tree_util.tree_map(jnp.add, total, s)
+        n += 1
+    if n == 0:
+        raise ValueError('recalibrate_bn: no calibration batches')
+    stats = jax.tree_util.tree_map(lambda v: v / n, total)
+    return dict(variables, batch_stats=stats)
+
+
+def evaluate(model: Any, variables: dict, data: Iterator[tuple[np.ndarray,
+                                                               np.ndarray]]) -> tuple[float, int]:
+    """Top-1 accuracy of ``model`` over ``data``; returns (accuracy, examples)."""
+
+    @jax.jit
+    def correct(x, y):
+        logits = model.apply(variables, x)
+        return jnp.sum((jnp.argmax(logits, -1) == y) & (y >= 0)), jnp.sum(y >= 0)
+
+    hits, count = 0, 0
+    for x, y in data:
+        h, c = correct(jnp.asarray(x), jnp.asarray(y))
+        hits, count = hits + int(h), count + int(c)
+    return (hits / count if count else float('nan')), count
+
+
+def build_dataset(supernet_variables: dict,
+                  archs: Sequence[space.Arch],
+                  *,
+                  train_source: Any,
+                  eval_source: Any,
+                  width: float = 1.2,
+                  calib_batches: int = 4,
+                  batch_size: int = 32,
+                  num_eval: int | None = None,
+                  seed: int = 0,
+                  extract_fn: Callable[..., tuple[Any, dict]] | None = None,
+                  depthwise: str = 'auto') -> list[AccuracyRecord]:
+    """Evaluates each arch's sub-network after BatchNorm re-calibration.
+
+    Args:
+      supernet_variables: variables of the supernet (e.g. converted OFA weights).
+      archs: architectures to evaluate (host-side, one each).
+      train_source: random-access source for calibration (``tfds.data_source``).
+      eval_source: random-access source to measure accuracy on.
+      width: supernet width.
+      calib_batches: calibration batches (OFA uses 2,000 images; fewer in tests).
+      batch_size: batch size of calibration and evaluation.
+      num_eval: evaluate the first ``num_eval`` examples (default: all).
+      seed: picks the calibration examples.
+      extract_fn: ``(variables, arch, width, depthwise=) -> (model, variables)``
+        (default :func:`ofa_jax.extract.extract_subnet`).
+      depthwise: depthwise implementation of the static sub-networks.
+
+    Returns:
+      One :class:`AccuracyRecord` per arch.
+    """
+    extract_fn = extract_fn or extract.extract_subnet
+    rng = np.random.default_rng(seed)
+    n_train = len(train_source)
+    n_calib = min(n_train, calib_batches * batch_size)
+    calib_idx = rng.choice(n_train, size=n_calib, replace=False)
+    n_eval = len(eval_source) if num_eval is None else min(int(num_eval), len(eval_source))
+    records = []
+    for arch in archs:
+        r = int(np.asarray(arch.resolution))
+        model, variables = extract_fn(supernet_variables, arch, width, depthwise=depthwise)
+        calib = [x for x, _ in batches(train_source, calib_idx, r, batch_size)]
+        variables = recalibrate_bn(model, variables, calib)
+        acc, count = evaluate(model, variables, batches(eval_source, range(n_eval), r, batch_size))
+        records.append(
+            AccuracyRecord(arch=space.to_ofa_dict(arch), accuracy=acc, num_examples=count))
+    return records
+
+
+def to_training_data(records: Sequence[AccuracyRecord]) -> tuple[space.Arch, np.ndarray]:
+    """(batched Arch, accuracy float32[n]) for ``predictors.accuracy.train``."""
+    archs = space.stack([space.from_ofa_dict(r.arch) for r in records])
+    return archs, np.asarray([r.accuracy for r in records], np.float32)
