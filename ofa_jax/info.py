@@ -21,6 +21,8 @@ import json
 import sys
 from typing import Any, Sequence
 
+import numpy as np
+
 from ofa_jax import counts
 from ofa_jax import space
 from ofa_jax import spec
@@ -61,7 +63,7 @@ def parse_arch(text: str, resolution: int | None) -> space.Arch:
     if text.lstrip().startswith('{'):
         arch = space.parse_child_arch(text)
         if resolution is not None:
-            arch = arch.replace(resolution=space.np.asarray(resolution, space.np.int32))
+            arch = arch.replace(resolution=np.asarray(resolution, np.int32))
         return arch
     raise ValueError(f"arch: value {text!r} is not allowed; allowed: 'largest', 'smallest' or "
                      "an OFA dict literal like \"{'ks': [...], 'e': [...], 'd': [...], "
