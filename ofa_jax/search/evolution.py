@@ -24,9 +24,12 @@ Infeasible candidates are handled inside the jitted step:
   probability that rises to 1 over ``init_rounds`` rounds; the last round is the
   smallest sub-network at the smallest searched resolution, so a slot stays
   infeasible only if that network is infeasible too;
-* each child (mutant or crossover) is redrawn up to ``max_tries`` times until it
-  is feasible, and otherwise replaced by (a copy of) its first parent, which is
-  feasible; OFA redraws without bound.
+* each child (mutant or crossover) is drawn up to ``max_tries`` times until it
+  is feasible (retries redraw only the infeasible slots, ``retry_size`` at a
+  time), and otherwise replaced by a copy of its first parent, which is
+  feasible; OFA redraws without bound;
+* selection keeps distinct sub-networks only, so such copies (and any
+  duplicate child) never crowd the parent pool.
 
 So every returned arch meets the constraint unless no sub-network of the space
 (over the searched resolutions) can; that case is returned with
