@@ -1,0 +1,436 @@
+"""The main job: measure, build the LUT, fit predictors, compare, search, verify, report.
+
+:func:`run` chains the library's stages on one device:
+
+1. fingerprint the device and measure ``num_archs`` random sub-networks
+   (:mod:`ofa_jax.latency.campaign`; resumable through the SQLite store);
+2. build the lookup-table baseline for the same resolutions
+   (:mod:`ofa_jax.latency.lut_builder`; resumable through its layer cache);
+3. fit the paper's MLP and our predictors on the first rows of the store
+   (:mod:`predictors.experiment_fit`);
+4. score LUT and predictors on the same held-out measured sub-networks, and
+   count the measurements and minutes each estimator cost;
+5. search at three latency budgets with each estimator
+   (:mod:`ofa_jax.search.experiment`) and measure what was found;
+6. write ``WORKDIR/report/`` (``report.md``, plots, CSV data, the config and
+   the commands) via :mod:`ofa_jax.report`.
+
+Stages that finished in an earlier run of the same workdir are reused: the
+store and the LUT cache skip what is measured; fits and searches are redone
+(seconds) because they depend on every row.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from experiments.configs import build_lut as build_lut_config
+from experiments.configs import fit_predictor as fit_config
+from experiments.configs import measure_latency as measure_config
+from experiments.configs import search as search_config
+from ofa_jax import space
+from ofa_jax import spec as spec_lib
+from ofa_jax.latency import campaign
+from ofa_jax.latency import fingerprint as fp_lib
+from ofa_jax.latency import lut_builder
+from ofa_jax.latency import measure
+from ofa_jax.latency import store as store_lib
+from ofa_jax.search import experiment as search_experiment
+from predictors import checkpoint
+from predictors import experiment_fit
+from predictors import lut as lut_lib
+from predictors import metrics
+
+PREDICTOR_MODELS = ('mlp', 'additive', 'additive_mlp')
+ESTIMATOR_LABELS = {
+    'lut': 'LUT (sum of isolated layers)',
+    'mlp': 'paper MLP (2101.00732)',
+    'additive': 'additive (ours)',
+    'additive_mlp': 'additive + residual MLP (ours)',
+}
+
+
+class ConfigError(ValueError):
+    """A config value the job cannot use; the message says what to change."""
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f'[main] {msg}\n')
+    sys.stderr.flush()
+
+
+def _parse_budgets(text: Any) -> list[float]:
+    if text in ('', None):
+        return []
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(',')
+    try:
+        values = [float(p) for p in parts if str(p).strip()]
+    except ValueError:
+        raise ConfigError(f'config.budgets_ms: {text!r} is not a comma-separated list of '
+                          'milliseconds (e.g. --config.budgets_ms=20,30,40), or empty for '
+                          'automatic budgets') from None
+    bad = [v for v in values if not v > 0]
+    if bad:
+        raise ConfigError(f'config.budgets_ms: {bad} must be positive milliseconds')
+    return values
+
+
+def _predictors(text: str) -> list[str]:
+    names = [n.strip() for n in str(text).split(',') if n.strip()]
+    bad = [n for n in names if n not in PREDICTOR_MODELS]
+    if bad or not names:
+        raise ConfigError(f'config.predictors: {bad or text!r} not allowed; allowed: a comma '
+                          f'separated subset of {", ".join(PREDICTOR_MODELS)}')
+    return names
+
+
+def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Checks every field that can be checked without a device; returns parsed values."""
+    resolutions = campaign.parse_int_list('resolutions', config.resolutions, space.RESOLUTIONS)
+    batch = campaign.parse_int_list('batch', config.batch)[0]
+    if float(config.width) not in space.WIDTHS:
+        raise ConfigError(f'config.width: {config.width} not one of {space.WIDTHS}')
+    if config.dtype not in measure.DTYPES:
+        raise ConfigError(f'config.dtype: {config.dtype!r} not one of {tuple(measure.DTYPES)}')
+    if int(config.num_archs) < 20:
+        raise ConfigError(f'config.num_archs: {config.num_archs}; need at least 20 measured '
+                          'sub-networks to train and test predictors')
+    experiment_fit.split_indices(100, config.split)  # Raises on a bad split.
+    if config.accuracy and not os.path.exists(config.accuracy):
+        raise ConfigError(f'config.accuracy: {config.accuracy!r} does not exist; give an OFA '
+                          'acc_predictor.pth, our accuracy checkpoint, or empty for the MACs proxy')
+    return {
+        'resolutions': resolutions,
+        'batch': batch,
+        'budgets': _parse_budgets(config.budgets_ms),
+        'predictors': _predictors(config.predictors),
+    }
+
+
+def _protocol(config: ml_collections.ConfigDict) -> measure.Protocol:
+    return campaign.protocol_from_config(config.protocol)
+
+
+def _measure_config(config, parsed, store_path) -> ml_collections.ConfigDict:
+    c = measure_config.get_config()
+    c.num_archs = int(config.num_archs)
+    c.seed = int(config.seed)
+    c.resolutions = ','.join(map(str, parsed['resolutions']))
+    c.batch_sizes = str(parsed['batch'])
+    c.width = float(config.width)
+    c.num_classes = int(config.num_classes)
+    c.dtype = config.dtype
+    c.device = config.device
+    c.store = store_path
+    c.depthwise = config.depthwise
+    c.cpu_affinity = ''  # Applied once, by run().
+    c.progress = bool(config.progress)
+    c.protocol = copy.deepcopy(config.protocol)
+    return c
+
+
+def _lut_config(config, parsed) -> ml_collections.ConfigDict:
+    c = build_lut_config.get_config()
+    c.resolutions = ','.join(map(str, parsed['resolutions']))
+    c.batch = parsed['batch']
+    c.width = float(config.width)
+    c.num_classes = int(config.num_classes)
+    c.dtype = config.dtype
+    c.device = config.device
+    c.depthwise = config.depthwise
+    c.cpu_affinity = ''
+    c.progress = bool(config.progress)
+    c.protocol = copy.deepcopy(config.protocol)
+    c.protocol.min_time = float(config.lut_min_time)
+    return c
+
+
+def _fit_config(config, parsed, store_path, device_id, model, lut_dir) -> ml_collections.ConfigDict:
+    c = fit_config.get_config()
+    c.data = store_path
+    c.device = device_id
+    c.batch = parsed['batch']
+    c.dtype = config.dtype
+    c.width = float(config.width)
+    c.model = model
+    c.split = config.split
+    c.seed = int(config.seed)
+    c.max_steps = int(config.max_steps)
+    if model == 'lut':
+        c.lut = lut_dir
+        c.lut_width = float(config.width)
+    return c
+
+
+def _search_config(config, parsed, latency_path, budgets) -> ml_collections.ConfigDict:
+    c = search_config.get_config()
+    c.latency = latency_path
+    c.resolutions = ','.join(map(str, parsed['resolutions']))
+    c.budgets_ms = ','.join(f'{b:.4f}' for b in budgets)
+    c.seeds = int(config.seeds)
+    c.accuracy = config.accuracy
+    c.width = float(config.width)
+    c.population_size = int(config.population_size)
+    c.num_generations = int(config.num_generations)
+    c.verify = False  # Verified below with the campaign's protocol, into the store.
+    return c
+
+
+def _accumulate(path: str, l_summary: dict[str, Any]) -> float:
+    """Total LUT build time over resumed runs (each run only knows its own)."""
+    total = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            total = float(json.load(f).get('elapsed_s', 0.0))
+    if l_summary.get('timed_now', 0):
+        total += float(l_summary['elapsed_s'])
+        with open(path, 'w') as f:
+            json.dump({'elapsed_s': total}, f)
+    return total
+
+
+def _row_cost_s(row: store_lib.Row) -> float:
+    return float((row.lower_s or 0.0) + (row.compile_s or 0.0) + (row.time_s or 0.0))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the whole job; returns the summary that ``report.md`` is made from.
+
+    Raises:
+      ConfigError, campaign.ConfigError, experiment_fit.ConfigError,
+      search_experiment.ConfigError: a bad config value (message says what
+        to change); the caller turns these into a one-line error.
+    """
+    # Imported here: matplotlib is only needed once everything is measured.
+    from ofa_jax import report  # pylint: disable=g-import-not-at-top
+
+    t_job = time.monotonic()
+    parsed = validate(config)
+    campaign.set_affinity(config.cpu_affinity)  # Before XLA starts its threads.
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        device = fp_lib.resolve_device(config.device)
+    except ValueError as err:
+        raise ConfigError(f'config.device: {err}') from None
+    store_path = config.store or os.path.join(workdir, 'latency.sqlite')
+    try:
+        store_lib.LatencyStore(store_path).close()
+    except (store_lib.StoreError, OSError) as err:
+        raise ConfigError(f'config.store: cannot open {store_path!r} ({err}); give a writable '
+                          'path for the SQLite store') from None
+    protocol = _protocol(config)
+    width = float(config.width)
+    stages: dict[str, float] = {}
+
+    # 0. Explicit budgets below the smallest sub-network cannot be met: say so before
+    #    spending minutes on measurements.
+    smallest = space.smallest(min(parsed['resolutions']))
+    if parsed['budgets']:
+        t0 = time.monotonic()
+        floor = measure.measure_latency(smallest,
+                                        parsed['batch'],
+                                        config.dtype,
+                                        device,
+                                        protocol,
+                                        width=width,
+                                        num_classes=int(config.num_classes),
+                                        depthwise=config.depthwise).latency_ms
+        stages['check_budgets'] = time.monotonic() - t0
+        low = [b for b in parsed['budgets'] if b < floor]
+        if low:
+            raise ConfigError(f'config.budgets_ms: {low} below the smallest sub-network '
+                              f'({floor:.2f} ms measured on this device at resolution '
+                              f'{min(parsed["resolutions"])}); use budgets above {floor:.2f} ms')
+
+    # 1. Measurements.
+    _log(f'1/5 measuring {config.num_archs} sub-networks at resolutions '
+         f'{parsed["resolutions"]}, batch {parsed["batch"]} into {store_path}')
+    t0 = time.monotonic()
+    m_summary = campaign.run(_measure_config(config, parsed, store_path),
+                             os.path.join(workdir, 'measure'))
+    stages['measure'] = time.monotonic() - t0
+    device_id = m_summary['fingerprint_id']
+
+    # 2. Lookup table.
+    _log('2/5 building the lookup table (every layer timed alone)')
+    t0 = time.monotonic()
+    l_summary = lut_builder.run(_lut_config(config, parsed), os.path.join(workdir, 'lut_build'))
+    stages['lut'] = time.monotonic() - t0
+    l_summary['total_elapsed_s'] = _accumulate(os.path.join(workdir, 'lut_build', 'cost.json'),
+                                               l_summary)
+    lut_dir = os.path.join(workdir, 'lut_build', 'lut')
+
+    # 3-4. Fit predictors, score every estimator on the same held-out rows.
+    _log('3/5 fitting predictors and scoring every estimator on held-out sub-networks')
+    t0 = time.monotonic()
+    store = store_lib.LatencyStore(store_path)
+    archs, lat = store.load_arrays(device_id,
+                                   parsed['batch'],
+                                   config.dtype,
+                                   protocol=protocol.name,
+                                   width=width)
+    rows = {
+        r.key.arch_key: r for r in store.rows(
+            device_id, batch=parsed['batch'], dtype=config.dtype, protocol=protocol.name)
+    }
+    keys = [space.arch_key(a) for a in space.unstack(archs)]
+    tr, va, te = experiment_fit.split_indices(len(lat), config.split)
+    estimators: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for model in ['lut'] + parsed['predictors']:
+        fdir = os.path.join(workdir, f'fit_{model}')
+        out = experiment_fit.run(_fit_config(config, parsed, store_path, device_id, model, lut_dir),
+                                 fdir)
+        if model == 'lut':
+            table = lut_lib.load_lut(lut_dir, width=width)
+            pred = np.asarray(table.predict(archs[te]), np.float64)
+            cost_n = int(l_summary['layers'])
+            cost_s = float(l_summary['total_elapsed_s'])
+            latency_path = lut_dir
+        else:
+            predictor = checkpoint.load(os.path.join(fdir, 'checkpoint'))
+            pred = np.asarray(predictor(archs[te]), np.float64)
+            used = [keys[i] for i in np.concatenate([tr, va])]
+            cost_n = len(used)
+            cost_s = sum(_row_cost_s(rows[k]) for k in used if k in rows)
+            cost_s += float(out.get('train_seconds', 0.0))
+            latency_path = os.path.join(fdir, 'checkpoint')
+        predictions[model] = pred
+        estimators[model] = {
+            'label': ESTIMATOR_LABELS[model],
+            'metrics': metrics.all_metrics(pred, lat[te]),
+            'measurements': cost_n,
+            'measurement_kind': 'layers timed alone' if model == 'lut' else 'whole sub-networks',
+            'cost_minutes': cost_s / 60.0,
+            'latency_path': latency_path,
+        }
+    stages['fit'] = time.monotonic() - t0
+
+    # 5. Search with every estimator at the same budgets, then measure what was found.
+    budgets = parsed['budgets'] or [float(np.percentile(lat, q)) for q in (25, 50, 75)]
+    _log(f'4/5 searching at budgets {[round(b, 2) for b in budgets]} ms with '
+         f'{", ".join(estimators)}')
+    t0 = time.monotonic()
+    searches: dict[str, dict[str, Any]] = {}
+    for model, est in estimators.items():
+        sdir = os.path.join(workdir, f'search_{model}')
+        try:
+            searches[model] = search_experiment.run(
+                _search_config(config, parsed, est['latency_path'], budgets), sdir)
+        except search_experiment.ConfigError as err:
+            if parsed['budgets']:
+                raise
+            # Automatic budgets come from measurements; an estimator that believes one
+            # cannot be met is a finding about that estimator, not a config error.
+            _log(f'search with {model} skipped: {err}')
+            searches[model] = {'results': [], 'error': str(err)}
+    stages['search'] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    if config.verify:
+        _log('5/5 measuring the found sub-networks on this device')
+        _verify(searches, store, device_id, parsed, config, protocol, device)
+    stages['verify'] = time.monotonic() - t0
+    store.close()
+
+    stages['total'] = time.monotonic() - t_job
+    summary = {
+        'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        'config': config.to_dict(),
+        'fingerprint': store_lib.LatencyStore(store_path, readonly=True).devices().get(device_id),
+        'device_id': device_id,
+        'store': store_path,
+        'campaign': {
+            k: v for k, v in m_summary.items() if k != 'drift_history'
+        },
+        'lut': {
+            k: l_summary.get(k) for k in ('layers', 'timed_now', 'elapsed_s')
+        },
+        'rows': {
+            'train': len(tr),
+            'val': len(va),
+            'test': len(te),
+            'total': len(lat)
+        },
+        'estimators': estimators,
+        'budgets_ms': budgets,
+        'searches': searches,
+        'stages_s': stages,
+        'reference_counts': _reference_counts(width),
+    }
+    report.write_report(os.path.join(workdir, 'report'),
+                        summary,
+                        archs=archs,
+                        latency_ms=lat,
+                        test_index=te,
+                        predictions=predictions)
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1, default=_json_default)
+    return summary
+
+
+def _verify(searches, store, device_id, parsed, config, protocol, device) -> None:
+    """Measures each found arch once (reusing stored rows) and adds ``measured_ms``."""
+    width = float(config.width)
+    from ofa_jax import depthwise as dw  # pylint: disable=g-import-not-at-top
+    depthwise = dw.resolve(config.depthwise)
+    cache: dict[str, float] = {}
+    for search in searches.values():
+        for row in search['results']:
+            arch = space.from_ofa_dict(row['arch'])
+            key = store_lib.RowKey(device_id, space.arch_key(arch), parsed['batch'], config.dtype,
+                                   protocol.name, width, int(config.num_classes), depthwise)
+            if key.arch_key not in cache:
+                if store.has(key):
+                    found = [
+                        r for r in store.rows(
+                            device_id, batch=key.batch, dtype=key.dtype, protocol=key.protocol)
+                        if r.key == key
+                    ]
+                    cache[key.arch_key] = found[0].latency_ms
+                else:
+                    result = measure.measure_latency(arch,
+                                                     key.batch,
+                                                     key.dtype,
+                                                     device,
+                                                     protocol,
+                                                     width=width,
+                                                     num_classes=key.num_classes,
+                                                     depthwise=depthwise)
+                    store.add_result(key, result, provenance={'source': 'main-job verify'})
+                    cache[key.arch_key] = result.latency_ms
+            row['measured_ms'] = cache[key.arch_key]
+            row['measured_over_budget'] = row['measured_ms'] / row['budget_ms']
+
+
+def _reference_counts(width: float) -> dict[str, Any]:
+    """Params/MACs of the largest and smallest sub-networks (both widths) for the report."""
+    from ofa_jax import counts  # pylint: disable=g-import-not-at-top
+    out = {}
+    for w in space.WIDTHS:
+        for name, make in (('largest', space.largest), ('smallest', space.smallest)):
+            out[f'w{w}_{name}'] = {
+                'params': int(counts.count_params(make(224), w)),
+                'macs_224': int(counts.count_macs(make(224), w)),
+                'macs_128': int(counts.count_macs(make(128), w)),
+            }
+    del width
+    return out
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, spec_lib.NetSpec):
+        return str(x)
+    return str(x)

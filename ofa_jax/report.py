@@ -1,0 +1,345 @@
+"""The main job's report: ``report.md``, PNG plots and the data behind them as CSV.
+
+:func:`write_report` takes the summary assembled by :mod:`ofa_jax.pipeline`
+and writes, into one folder:
+
+- ``report.md``: device, config, estimator comparison (accuracy and cost),
+  search verification, reference counts, stage times, exact commands;
+- ``pred_vs_measured.png``, ``error_distribution.png``,
+  ``search_measured_vs_budget.png``, ``front.png``;
+- ``measurements.csv`` (every measured sub-network and its split),
+  ``predictions.csv`` (held-out rows, every estimator), ``search.csv``;
+- ``config.json`` and ``commands.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+from typing import Any, Mapping
+
+import numpy as np
+
+from ofa_jax import space
+
+
+def _plt():
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    return plt
+
+
+def _overrides(config: Mapping[str, Any], prefix: str = 'config') -> list[str]:
+    """Flattened ``--config.a.b=value`` flags for every field of ``config``."""
+    flags = []
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flags += _overrides(value, f'{prefix}.{key}')
+        else:
+            flags.append(f'--{prefix}.{key}={value}')
+    return flags
+
+
+def commands(summary: Mapping[str, Any], workdir: str) -> list[str]:
+    """Commands that reproduce the run: the main job, then each stage on its own."""
+    cfg = summary['config']
+    main = [
+        'python', '-m', 'experiments.main', '--config=experiments/configs/main.py',
+        f'--workdir={workdir}'
+    ] + _overrides(cfg)
+    out = [' '.join(shlex.quote(p) for p in main)]
+    store = summary['store']
+    out.append('python -m experiments.measure_latency --config=experiments/configs/'
+               f'measure_latency.py --config.num_archs={cfg["num_archs"]} '
+               f'--config.resolutions={cfg["resolutions"]} --config.batch_sizes={cfg["batch"]} '
+               f'--config.width={cfg["width"]} --config.seed={cfg["seed"]} '
+               f'--config.store={store} --workdir={workdir}/measure')
+    out.append('python -m experiments.build_lut --config=experiments/configs/build_lut.py '
+               f'--config.resolutions={cfg["resolutions"]} --config.batch={cfg["batch"]} '
+               f'--config.width={cfg["width"]} --workdir={workdir}/lut_build')
+    for model, est in summary['estimators'].items():
+        extra = f' --config.lut={est["latency_path"]}' if model == 'lut' else ''
+        out.append('python -m experiments.fit_predictor --config=experiments/configs/'
+                   f'fit_predictor.py --config.data={store} --config.device={summary["device_id"]} '
+                   f'--config.batch={cfg["batch"]} --config.width={cfg["width"]} '
+                   f'--config.model={model}{extra} --workdir={workdir}/fit_{model}')
+    budgets = ','.join(f'{b:.4f}' for b in summary['budgets_ms'])
+    for model, est in summary['estimators'].items():
+        acc = f' --config.accuracy={cfg["accuracy"]}' if cfg.get('accuracy') else ''
+        out.append('python -m experiments.search --config=experiments/configs/search.py '
+                   f'--config.latency={est["latency_path"]} --config.resolutions='
+                   f'{cfg["resolutions"]} --config.budgets_ms={budgets} '
+                   f'--config.seeds={cfg["seeds"]}{acc} --workdir={workdir}/search_{model}')
+    return out
+
+
+def _estimator_table(summary: Mapping[str, Any]) -> list[str]:
+    lines = [
+        '| estimator | RMSE (ms) | MAE (ms) | MAPE (%) | within 10% | Kendall tau | '
+        'measurements | cost (min) |', '|---|---|---|---|---|---|---|---|'
+    ]
+    for est in summary['estimators'].values():
+        m = est['metrics']
+        lines.append(f'| {est["label"]} | {m["rmse_ms"]:.3f} | {m["mae_ms"]:.3f} | '
+                     f'{m["mape"]:.2f} | {100 * m["acc10"]:.1f}% | {m["kendall_tau"]:.3f} | '
+                     f'{est["measurements"]} {est["measurement_kind"]} | '
+                     f'{est["cost_minutes"]:.1f} |')
+    return lines
+
+
+def rmse_ratios(summary: Mapping[str, Any]) -> dict[str, float]:
+    """RMSE of each predictor divided by the LUT's (lower is better; target <= 0.5)."""
+    lut_rmse = summary['estimators']['lut']['metrics']['rmse_ms']
+    return {
+        k: v['metrics']['rmse_ms'] / lut_rmse
+        for k, v in summary['estimators'].items()
+        if k != 'lut'
+    }
+
+
+def _search_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for model, search in summary['searches'].items():
+        for r in search['results']:
+            rows.append({
+                'estimator': model,
+                'budget_ms': r['budget_ms'],
+                'seed': r['seed'],
+                'predicted_ms': r['latency_ms'],
+                'measured_ms': r.get('measured_ms', float('nan')),
+                'objective': r['objective'],
+                'objective_name': r['objective_name'],
+                'feasible': r.get('feasible', True),
+                'arch': space.format_child_arch(space.from_ofa_dict(r['arch'])),
+            })
+    return rows
+
+
+def _search_table(rows: list[dict[str, Any]]) -> list[str]:
+    name = rows[0]['objective_name'] if rows else 'objective'
+    lines = [
+        f'| estimator | budget (ms) | predicted (ms) | measured (ms) | measured / budget | '
+        f'{name} |', '|---|---|---|---|---|---|'
+    ]
+    for r in rows:
+        lines.append(f'| {r["estimator"]} | {r["budget_ms"]:.2f} | {r["predicted_ms"]:.2f} | '
+                     f'{r["measured_ms"]:.2f} | {r["measured_ms"] / r["budget_ms"]:.3f} | '
+                     f'{r["objective"]:.4g} |')
+    return lines
+
+
+def _search_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per estimator: mean |measured - budget| / budget and how many went over."""
+    lines = [
+        '| estimator | mean abs. distance to budget | over budget | worst measured / budget |',
+        '|---|---|---|---|'
+    ]
+    for est in dict.fromkeys(r['estimator'] for r in rows):
+        sel = [r for r in rows if r['estimator'] == est and np.isfinite(r['measured_ms'])]
+        if not sel:
+            continue
+        ratio = np.array([r['measured_ms'] / r['budget_ms'] for r in sel])
+        lines.append(f'| {est} | {100 * np.mean(np.abs(ratio - 1)):.1f}% | '
+                     f'{int(np.sum(ratio > 1))} of {len(sel)} | {ratio.max():.3f} |')
+    return lines
+
+
+def _plots(out_dir: str, summary, latency_ms, test_index, predictions, search_rows) -> None:
+    plt = _plt()
+    true = np.asarray(latency_ms)[test_index]
+    names = list(predictions)
+    labels = {k: summary['estimators'][k]['label'] for k in names}
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), dpi=110, squeeze=False)
+    lo = min(true.min(), *(p.min() for p in predictions.values()))
+    hi = max(true.max(), *(p.max() for p in predictions.values()))
+    for ax, k in zip(axes[0], names):
+        m = summary['estimators'][k]['metrics']
+        ax.scatter(true, predictions[k], s=6, alpha=0.6)
+        ax.plot([lo, hi], [lo, hi], 'k--', lw=0.8)
+        ax.set_title(f'{labels[k]}\nRMSE {m["rmse_ms"]:.3f} ms, MAPE {m["mape"]:.1f}%', fontsize=9)
+        ax.set_xlabel('measured latency (ms)')
+        ax.set_ylabel('predicted latency (ms)')
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'pred_vs_measured.png'))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    errs = {k: 100 * (predictions[k] - true) / true for k in names}
+    span = max(1e-6, max(np.abs(e).max() for e in errs.values()))
+    bins = np.linspace(-span, span, 41)
+    for k in names:
+        ax.hist(errs[k], bins=bins, alpha=0.5, label=labels[k])
+    ax.axvline(0, color='k', lw=0.8)
+    ax.set_xlabel('relative error of the prediction (%)')
+    ax.set_ylabel('held-out sub-networks')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'error_distribution.png'))
+    plt.close(fig)
+
+    measured = [r for r in search_rows if np.isfinite(r['measured_ms'])]
+    if measured:
+        fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+        for k in dict.fromkeys(r['estimator'] for r in measured):
+            sel = [r for r in measured if r['estimator'] == k]
+            ax.scatter([r['budget_ms'] for r in sel], [r['measured_ms'] for r in sel],
+                       s=30,
+                       label=summary['estimators'][k]['label'],
+                       alpha=0.8)
+        b = [r['budget_ms'] for r in measured]
+        ax.plot([min(b), max(b)], [min(b), max(b)], 'k--', lw=0.8, label='budget')
+        ax.set_xlabel('latency budget (ms)')
+        ax.set_ylabel('measured latency of the found sub-network (ms)')
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, 'search_measured_vs_budget.png'))
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+        for k in dict.fromkeys(r['estimator'] for r in measured):
+            sel = sorted((r for r in measured if r['estimator'] == k),
+                         key=lambda r: r['measured_ms'])
+            ax.plot([r['measured_ms'] for r in sel], [r['objective'] for r in sel],
+                    'o-',
+                    label=summary['estimators'][k]['label'])
+        name = measured[0]['objective_name']
+        ax.set_xlabel('measured latency (ms)')
+        ax.set_ylabel(name + (' (a proxy, not accuracy)' if name.startswith('proxy:') else ''))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, 'front.png'))
+        plt.close(fig)
+
+
+def _write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_report(out_dir: str, summary: Mapping[str,
+                                                Any], *, archs: space.Arch, latency_ms: np.ndarray,
+                 test_index: np.ndarray, predictions: Mapping[str, np.ndarray]) -> str:
+    """Writes the report folder; returns the path of ``report.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    workdir = os.path.dirname(os.path.abspath(out_dir))
+    n = len(latency_ms)
+    split = np.full(n, 'train', dtype=object)
+    r = summary['rows']
+    split[r['train']:r['train'] + r['val']] = 'val'
+    split[r['train'] + r['val']:] = 'test'
+    host = space.unstack(archs)
+    _write_csv(os.path.join(out_dir, 'measurements.csv'), ['child_arch', 'latency', 'split'], [
+        [space.format_child_arch(a), repr(float(v)), s] for a, v, s in zip(host, latency_ms, split)
+    ])
+    names = list(predictions)
+    _write_csv(os.path.join(out_dir, 'predictions.csv'),
+               ['child_arch', 'latency'] + [f'pred_{k}' for k in names],
+               [[space.format_child_arch(host[i]),
+                 repr(float(latency_ms[i]))] + [repr(float(predictions[k][j]))
+                                                for k in names]
+                for j, i in enumerate(test_index)])
+    search_rows = _search_rows(summary)
+    if search_rows:
+        _write_csv(os.path.join(out_dir, 'search.csv'), list(search_rows[0]),
+                   [list(row.values()) for row in search_rows])
+    _plots(out_dir, summary, latency_ms, test_index, predictions, search_rows)
+    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+        json.dump(summary['config'], f, indent=1)
+    cmds = commands(summary, workdir)
+    with open(os.path.join(out_dir, 'commands.txt'), 'w') as f:
+        f.write('\n'.join(cmds) + '\n')
+
+    fp = summary.get('fingerprint') or {}
+    ratios = rmse_ratios(summary)
+    best = min(ratios, key=ratios.get)
+    camp = summary['campaign']
+    md = [
+        '# ofa-jax main job report',
+        '',
+        f'- date: {summary["date"]}',
+        f'- device: {fp.get("platform", "?")} / {fp.get("device_kind", "?")}, CPU '
+        f'{fp.get("cpu_model", "?")}, {len(fp.get("affinity") or [])} cores in affinity, '
+        f'jax {fp.get("jax_version", "?")}',
+        f'- device fingerprint id: `{summary["device_id"]}`; store: `{summary["store"]}`',
+        f'- measured sub-networks: {r["total"]} (train {r["train"]}, validation {r["val"]}, '
+        f'held-out test {r["test"]}); this run measured {camp.get("measured", 0)} '
+        f'({camp.get("already_done", 0)} reused from the store), '
+        f'{camp.get("per_minute", 0):.1f} per minute',
+        f'- lookup table: {summary["lut"]["layers"]} layers timed alone '
+        f'({summary["lut"]["timed_now"]} in this run)',
+        '',
+        '## Estimators on the same held-out measured sub-networks',
+        '',
+        *_estimator_table(summary),
+        '',
+        f'Best predictor vs LUT RMSE ratio: **{ratios[best]:.3f}** ({best}; target <= 0.5). '
+        'All ratios: ' + ', '.join(f'{k} {v:.3f}' for k, v in ratios.items()) + '.',
+        '',
+        'Cost: the LUT needs every layer configuration timed alone; the predictors need the '
+        'whole sub-networks of their train and validation rows (time = lower + compile + '
+        'timing of those rows, plus training).',
+        '',
+        '![predicted vs measured](pred_vs_measured.png)',
+        '',
+        '![error distribution](error_distribution.png)',
+        '',
+        '## Search at three budgets, found sub-networks measured',
+        '',
+        *_search_table(search_rows),
+        '',
+        *_search_summary(search_rows),
+        '',
+        *[
+            f'- search with {k} not run: {v["error"]}' for k, v in summary['searches'].items()
+            if v.get('error')
+        ],
+        '',
+        '![measured latency vs budget](search_measured_vs_budget.png)',
+        '',
+        '![objective vs measured latency](front.png)',
+        '',
+    ]
+    if search_rows and search_rows[0]['objective_name'].startswith('proxy:'):
+        md += [
+            f'The objective is the proxy `{search_rows[0]["objective_name"]}` (no accuracy '
+            'source was given): it is not accuracy.', ''
+        ]
+    md += [
+        '## Largest and smallest sub-networks', '', '| network | params | MACs at 224 | '
+        'MACs at 128 |', '|---|---|---|---|'
+    ]
+    for name, c in summary['reference_counts'].items():
+        md.append(f'| {name} | {c["params"]:,} | {c["macs_224"] / 1e6:.1f}M | '
+                  f'{c["macs_128"] / 1e6:.1f}M |')
+    md += ['', '## Stage times (s)', '', '| stage | seconds |', '|---|---|']
+    md += [f'| {k} | {v:.1f} |' for k, v in summary['stages_s'].items()]
+    md += ['', '## Commands', '', 'The main job, then each stage on its own:', '', '```']
+    md += cmds + [
+        '```', '', 'Data: `measurements.csv`, `predictions.csv`, `search.csv`; '
+        'config: `config.json`.', ''
+    ]
+    path = os.path.join(out_dir, 'report.md')
+    with open(path, 'w') as f:
+        f.write('\n'.join(md))
+    return path
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """The few lines printed at the end of the main job."""
+    print('\nestimator                         RMSE ms  MAPE %  within10  tau    cost')
+    for est in summary['estimators'].values():
+        m = est['metrics']
+        print(f'{est["label"]:<32} {m["rmse_ms"]:8.3f} {m["mape"]:7.2f} {100 * m["acc10"]:8.1f}% '
+              f'{m["kendall_tau"]:6.3f} {est["measurements"]} {est["measurement_kind"]}, '
+              f'{est["cost_minutes"]:.1f} min')
+    ratios = rmse_ratios(summary)
+    print('predictor / LUT RMSE: ' + ', '.join(f'{k} {v:.3f}' for k, v in ratios.items()))
+    for row in _search_summary(_search_rows(summary))[2:]:
+        print('search ' + row.strip('|').replace(' | ', ': ', 1).replace(' | ', ', '))
+    print(f'total {summary["stages_s"]["total"] / 60:.1f} min')
