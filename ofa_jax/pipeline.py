@@ -38,6 +38,7 @@ from experiments.configs import measure_latency as measure_config
 from experiments.configs import search as search_config
 from ofa_jax import space
 from ofa_jax import spec as spec_lib
+from ofa_jax import summary as summary_lib
 from ofa_jax.latency import campaign
 from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import lut_builder
@@ -201,8 +202,14 @@ def _row_cost_s(row: store_lib.Row) -> float:
     return float((row.lower_s or 0.0) + (row.compile_s or 0.0) + (row.time_s or 0.0))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True) -> dict[str, Any]:
     """Runs the whole job; returns the summary that ``report.md`` is made from.
+
+    Args:
+      config: see ``experiments/configs/main.py``.
+      workdir: output folder; rerunning with the same one resumes.
+      sanity: first build a random sub-network, extract it from a random
+        supernet and print the largest/smallest sizes (:mod:`ofa_jax.summary`).
 
     Raises:
       ConfigError, campaign.ConfigError, experiment_fit.ConfigError,
@@ -229,6 +236,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     protocol = _protocol(config)
     width = float(config.width)
     stages: dict[str, float] = {}
+    if sanity:
+        t0 = time.monotonic()
+        summary_lib.run(os.path.join(workdir, 'sanity'),
+                        width=width,
+                        seed=int(config.seed),
+                        depthwise=config.depthwise)
+        stages['sanity'] = time.monotonic() - t0
 
     # 0. Explicit budgets below the smallest sub-network cannot be met: say so before
     #    spending minutes on measurements.
@@ -364,7 +378,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'budgets_ms': budgets,
         'searches': searches,
         'stages_s': stages,
-        'reference_counts': _reference_counts(width),
+        'reference_counts': summary_lib.size_table(),
     }
     report.write_report(os.path.join(workdir, 'report'),
                         summary,
@@ -409,21 +423,6 @@ def _verify(searches, store, device_id, parsed, config, protocol, device) -> Non
                     cache[key.arch_key] = result.latency_ms
             row['measured_ms'] = cache[key.arch_key]
             row['measured_over_budget'] = row['measured_ms'] / row['budget_ms']
-
-
-def _reference_counts(width: float) -> dict[str, Any]:
-    """Params/MACs of the largest and smallest sub-networks (both widths) for the report."""
-    from ofa_jax import counts  # pylint: disable=g-import-not-at-top
-    out = {}
-    for w in space.WIDTHS:
-        for name, make in (('largest', space.largest), ('smallest', space.smallest)):
-            out[f'w{w}_{name}'] = {
-                'params': int(counts.count_params(make(224), w)),
-                'macs_224': int(counts.count_macs(make(224), w)),
-                'macs_128': int(counts.count_macs(make(128), w)),
-            }
-    del width
-    return out
 
 
 def _json_default(x: Any) -> Any:

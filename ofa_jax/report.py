@@ -314,8 +314,8 @@ def write_report(out_dir: str, summary: Mapping[str,
         '## Largest and smallest sub-networks', '', '| network | params | MACs at 224 | '
         'MACs at 128 |', '|---|---|---|---|'
     ]
-    for name, c in summary['reference_counts'].items():
-        md.append(f'| {name} | {c["params"]:,} | {c["macs_224"] / 1e6:.1f}M | '
+    for c in summary['reference_counts']:
+        md.append(f'| w{c["width"]} {c["arch"]} | {c["params"]:,} | {c["macs_224"] / 1e6:.1f}M | '
                   f'{c["macs_128"] / 1e6:.1f}M |')
     md += ['', '## Stage times (s)', '', '| stage | seconds |', '|---|---|']
     md += [f'| {k} | {v:.1f} |' for k, v in summary['stages_s'].items()]
