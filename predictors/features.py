@@ -134,9 +134,14 @@ def _gene_index(values, choices: Sequence[int]):
 
 def choice_index(archs: space.Arch):
     """int32[..., 20]: ``kernel_index * 3 + expand_index`` of every position."""
-    ki = _gene_index(archs.kernel, space.KERNEL_CHOICES)
-    ei = _gene_index(archs.expand, space.EXPAND_CHOICES)
-    return (ki * len(space.EXPAND_CHOICES) + ei).astype(jnp.int32)
+    # Arithmetic instead of table gathers (3/5/7 -> 0/1/2, 3/4/6 -> 0/1/2): scoring
+    # 10^5 archs is bound by memory traffic, and gathers are the costly part.
+    assert space.KERNEL_CHOICES == (3, 5, 7) and space.EXPAND_CHOICES == (3, 4, 6)
+    k = jnp.asarray(archs.kernel, jnp.int32)
+    e = jnp.asarray(archs.expand, jnp.int32)
+    ki = (k - 3) // 2
+    ei = (e - 3) - (e == 6).astype(jnp.int32)
+    return ki * len(space.EXPAND_CHOICES) + ei
 
 
 def resolution_slot(resolution):
@@ -159,6 +164,18 @@ def knot_weights(resolution, knots: Sequence[int]):
     k0, k1 = k[lo], k[lo + 1]
     w = jnp.clip((r * r - k0 * k0) / (k1 * k1 - k0 * k0), 0.0, 1.0)
     return lo, w
+
+
+def slot_knot_weights(knots: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, w) of :func:`knot_weights` for every resolution of the space (numpy)."""
+    # Pure numpy (same formula as knot_weights): constants even inside a trace.
+    r = np.asarray(space.RESOLUTIONS, np.float64)
+    if len(knots) == 1:
+        return np.zeros(r.shape, np.int32), np.zeros(r.shape, np.float32)
+    k = np.asarray(knots, np.float64)
+    lo = np.clip(np.searchsorted(k, r, side='right') - 1, 0, len(knots) - 2).astype(np.int32)
+    w = np.clip((r * r - k[lo]**2) / (k[lo + 1]**2 - k[lo]**2), 0.0, 1.0)
+    return lo, w.astype(np.float32)
 
 
 def analytic_counts(archs: space.Arch, width: float = 1.2):
@@ -189,7 +206,8 @@ def raw_scalars(archs: space.Arch, width: float = 1.2):
 def arch_inputs(archs: space.Arch, fspec: FeatureSpec) -> dict[str, Any]:
     """Model inputs that depend only on the architecture (jit friendly).
 
-    Returns a dict with ``onehot`` [..., 128], ``choice`` int[..., 20],
+    Returns a dict with ``onehot`` [..., 128], ``slot`` int[...] (index in
+    ``space.RESOLUTIONS``), ``res`` [...] (scaled), ``choice`` int[..., 20],
     ``active`` bool[..., 20], ``knot_lo`` int[...], ``knot_w`` [...],
     ``depth`` [..., 5] (scaled to [-1, 1]) and ``scalars`` [..., 3] standardised.
     """
@@ -198,6 +216,8 @@ def arch_inputs(archs: space.Arch, fspec: FeatureSpec) -> dict[str, Any]:
         fspec.scalar_std)
     return {
         'onehot': encoding.onehot128(archs),
+        'slot': resolution_slot(archs.resolution).astype(jnp.int32),
+        'res': (jnp.asarray(archs.resolution, jnp.float32) - 176.0) / 48.0,
         'choice': choice_index(archs),
         'active': space.active_blocks(jnp.asarray(archs.depth)),
         'knot_lo': lo,

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from ofa_jax import space
 from predictors import features
@@ -45,35 +46,40 @@ class AdditiveModel(nn.Module):
     """Learned per-block cost table + fixed terms + small residual MLP.
 
     Attributes:
-      num_knots: resolution knots of the table (``FeatureSpec.knots``).
+      knots: resolutions at which the table stores costs (``FeatureSpec.knots``).
       residual_hidden: width of the residual MLP; 0 disables it.
-      residual_onehot: also feed OFA's one-hot to the residual MLP.
+      residual_onehot: also feed OFA's one-hot to the residual MLP (slower).
     """
 
-    num_knots: int
+    knots: Sequence[int]
     residual_hidden: int = 32
     residual_onehot: bool = False
 
     @nn.compact
     def __call__(self, inputs: dict[str, Any]) -> jnp.ndarray:
-        n_pos, n_c = space.NUM_BLOCKS, features.NUM_CHOICES
-        table = self.param('block_table', nn.initializers.zeros, (self.num_knots * n_pos * n_c,))
-        fixed = self.param('fixed', nn.initializers.zeros, (self.num_knots,))
-        lo, w = inputs['knot_lo'], inputs['knot_w']
-        hi = jnp.minimum(lo + 1, self.num_knots - 1)
-        # Flat gathers from the table: no [batch, 20, knots*9] one-hot is built.
-        pos_c = jnp.arange(n_pos) * n_c + inputs['choice']
-        cost_lo = table[lo[..., None] * (n_pos * n_c) + pos_c]
-        cost_hi = table[hi[..., None] * (n_pos * n_c) + pos_c]
-        cost = cost_lo + w[..., None] * (cost_hi - cost_lo)
-        total = jnp.sum(jnp.where(inputs['active'], cost, 0.0), axis=-1)
-        total = total + fixed[lo] + w * (fixed[hi] - fixed[lo])
+        n_k, n_pos, n_c = len(self.knots), space.NUM_BLOCKS, features.NUM_CHOICES
+        table = self.param('block_table', nn.initializers.zeros, (n_k * n_pos * n_c,))
+        fixed = self.param('fixed', nn.initializers.zeros, (n_k,))
+        # Interpolate the knot table to every resolution of the space once per call
+        # (25 x 180 values), then one flat gather per block: no one-hot is built.
+        lo, w = features.slot_knot_weights(self.knots)
+        hi = np.minimum(lo + 1, n_k - 1)
+        t = table.reshape(n_k, n_pos * n_c)
+        eff = t[lo] * (1 - w[:, None]) + t[hi] * w[:, None]
+        eff = jnp.concatenate(
+            [eff.reshape(len(lo), n_pos, n_c),
+             jnp.zeros((len(lo), n_pos, 1), eff.dtype)], axis=-1)
+        fixed_eff = fixed[lo] * (1 - w) + fixed[hi] * w
+        # Inactive blocks point at a zero entry, so the sum needs no mask.
+        per_pos = jnp.where(inputs['active'], inputs['choice'], n_c)
+        idx = inputs['slot'][..., None] * (n_pos *
+                                           (n_c + 1)) + jnp.arange(n_pos) * (n_c + 1) + per_pos
+        total = jnp.sum(eff.reshape(-1)[idx], axis=-1) + fixed_eff[inputs['slot']]
         if not self.residual_hidden:
             return total
-        parts = [inputs['depth'], inputs['scalars'], total[..., None]]
+        parts = [inputs['depth'], inputs['res'][..., None], total[..., None]]
         if self.residual_onehot:
-            # Richer but slower residual (builds the 128-d one-hot): for accuracy runs.
-            parts.append(inputs['onehot'])
+            parts += [inputs['onehot'], inputs['scalars']]
         x = jnp.concatenate(parts, axis=-1)
         x = nn.tanh(nn.Dense(self.residual_hidden, name='res_in')(x))
         res = nn.Dense(1, kernel_init=nn.initializers.zeros, name='res_out')(x)[..., 0]
@@ -101,7 +107,7 @@ def build_model(name: str, *, fspec: features.FeatureSpec, **kwargs: Any) -> nn.
     if name == 'mlp':
         return PaperMLP(**kwargs)
     if name == 'additive':
-        return AdditiveModel(num_knots=len(fspec.knots), **kwargs)
+        return AdditiveModel(knots=tuple(fspec.knots), **kwargs)
     if name == 'context_mlp':
         return ContextMLP(**kwargs)
     raise ValueError(f'model: unknown model {name!r}; allowed: {", ".join(MODEL_NAMES)}')

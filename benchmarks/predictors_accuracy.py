@@ -1,0 +1,93 @@
+"""Accuracy on the 2101.00732 datasets (paper split: file order, 70/15/15).
+
+RTX 2080 Ti (PyTorch, batch 64, measured) and Note10 (sum of OFA's Note10
+LUT) from ../shared/data/external/ofanas_ofa_w1.0. For each estimator runs
+``predictors.experiment_fit.run`` (the same code as
+``python -m experiments.fit_predictor``) and prints the test-row metrics next
+to the paper's. The paper's "RMSE" was computed as the mean of per-sample
+roots, i.e. the MAE, so it is compared with our MAE as well as our true RMSE.
+Writes ``benchmarks/results/predictors_accuracy.{json,md}``.
+
+    python benchmarks/predictors_accuracy.py [--models=mlp,additive] [--note10_mlp]
+
+Skips cleanly when the data folder is absent.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.configs import fit_predictor as fit_config  # noqa: E402
+from predictors import experiment_fit  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXTERNAL = os.path.abspath(os.path.join(HERE, '..', '..', 'shared', 'data', 'external'))
+PAPER = {'2080ti': {'rmse_as_reported': 0.48, 'mape': 2.4}, 'note10': {'rmse_as_reported': 0.45}}
+TARGET_RMSE = {'2080ti': 0.30, 'note10': 0.02}
+
+flags.DEFINE_string('models', 'mlp,additive', 'Models on both datasets.')
+flags.DEFINE_bool('note10_mlp', False, 'Also fit the paper MLP on Note10 (slow).')
+flags.DEFINE_string('out', os.path.join(HERE, 'results'), 'Output folder.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    folder = os.path.join(EXTERNAL, 'ofanas_ofa_w1.0')
+    if not os.path.isdir(folder):
+        print(f'skip: {folder} not found')
+        return
+    datasets = {
+        '2080ti': os.path.join(folder, 'RTX_2080_Ti_GPU_ofa.csv'),
+        'note10': os.path.join(folder, 'note10_lookuptable_ofa.csv'),
+    }
+    runs = []
+    for ds, path in datasets.items():
+        models = FLAGS.models.split(',')
+        if ds == 'note10':
+            models = [m for m in models if m != 'mlp' or FLAGS.note10_mlp] + ['lut']
+        for model in models:
+            cfg = fit_config.get_config()
+            cfg.data = path
+            cfg.width = 1.0
+            cfg.model = model
+            cfg.lut = os.path.join(EXTERNAL, 'ofa_note10_lut')
+            work = os.path.join('/tmp', f'fit_bench_{ds}_{model}')
+            out = experiment_fit.run(cfg, work)
+            cmd = (f'python -m experiments.fit_predictor --config=experiments/configs/'
+                   f'fit_predictor.py --config.data={path} --config.width=1.0 '
+                   f'--config.model={model}' +
+                   (f' --config.lut={cfg.lut}' if model == 'lut' else '') + f' --workdir={work}')
+            runs.append({'dataset': ds, 'model': model, 'command': cmd, **out})
+            print(
+                f'{ds} {model}: rmse {out["rmse_ms"]:.4f} ms, mae {out["mae_ms"]:.4f} ms, '
+                f'mape {out["mape"]:.3f}%',
+                flush=True)
+    lines = [
+        '| data | estimator | RMSE ms | MAE ms | MAPE % | acc5 | acc10 | Kendall tau | '
+        'train s | paper "RMSE" (= MAE) | paper MAPE | target RMSE |', '|' + '---|' * 12
+    ]
+    for r in runs:
+        p = PAPER[r['dataset']]
+        lines.append(f'| {r["dataset"]} | {r["model"]} | {r["rmse_ms"]:.4f} | {r["mae_ms"]:.4f} | '
+                     f'{r["mape"]:.3f} | {r["acc5"]:.3f} | {r["acc10"]:.3f} | '
+                     f'{r["kendall_tau"]:.4f} | {r.get("train_seconds", 0):.0f} | '
+                     f'{p["rmse_as_reported"]} (paper MLP) | {p.get("mape", "-")} | '
+                     f'<= {TARGET_RMSE[r["dataset"]]} |')
+    table = '\n'.join(lines)
+    print(table)
+    os.makedirs(FLAGS.out, exist_ok=True)
+    with open(os.path.join(FLAGS.out, 'predictors_accuracy.json'), 'w') as f:
+        json.dump(runs, f, indent=1)
+    with open(os.path.join(FLAGS.out, 'predictors_accuracy.md'), 'w') as f:
+        f.write('Paper split (file order 70/15/15), test rows. Commands in the JSON file.\n\n')
+        f.write(table + '\n')
+
+
+if __name__ == '__main__':
+    app.run(main)

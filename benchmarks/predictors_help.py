@@ -1,0 +1,99 @@
+"""HELP GPUs, leave one GPU out: train on the other two, adapt with k shots.
+
+For each batch size (1, 32, 64) and each held-out GPU (2080 Ti, Titan RTX,
+Titan Xp) runs ``predictors.experiment_transfer`` (sources: the other two GPUs
+at that batch size; shots from the target's first 80% of rows; evaluation on
+its last 20%) and prints MAPE and acc10 per strategy and k, averaged over the
+three held-out GPUs, next to the issue's targets. Writes
+``benchmarks/results/predictors_help.{json,md}``.
+
+    python benchmarks/predictors_help.py [--seeds=3] [--max_steps=4000] [--batches=1,32,64]
+
+Skips cleanly when ../shared/data/external is absent.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.configs import transfer as transfer_config  # noqa: E402
+from predictors import experiment_transfer  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
+                    'external', 'help_ofa_w1.2')
+GPUS = {'2080ti': '2080ti', 'titan_rtx': 'titan_rtx', 'titan_xp': 'titan_xp'}
+TARGETS = {1: (4.0, None), 32: (4.0, None), 64: (2.0, 10.0)}  # (20-shot MAPE, 0-shot MAPE)
+
+flags.DEFINE_integer('seeds', 3, 'k-shot draws per (target, k).')
+flags.DEFINE_integer('max_steps', 4000, 'Base-model training steps (early stopped).')
+flags.DEFINE_string('batches', '1,32,64', 'Batch sizes.')
+flags.DEFINE_string('shots', '0,10,20,50', 'k values.')
+flags.DEFINE_string(
+    'strategies', 'paper_head,paper_affine,hw_zero_affine,hw_finetune,'
+    'help_affine,help_finetune', 'Strategies.')
+flags.DEFINE_string('out', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'),
+                    'Output folder.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    data = os.path.abspath(DATA)
+    if not os.path.isdir(data):
+        print(f'skip: {data} not found')
+        return
+    results = {}
+    for batch in [int(b) for b in FLAGS.batches.split(',')]:
+        for target in GPUS:
+            sources = [g for g in GPUS if g != target]
+            files = {g: os.path.join(data, f'{g}_batch{batch}.csv') for g in GPUS}
+            cfg = transfer_config.get_config()
+            cfg.sources = ','.join(files[g] for g in sources)
+            cfg.target = files[target]
+            cfg.devices = ','.join(f'{g}_batch{batch}.csv:{GPUS[g]}' for g in GPUS)
+            cfg.reference_index = os.path.join(data, 'reference_arch_index.json')
+            cfg.shots = FLAGS.shots
+            cfg.seeds = FLAGS.seeds
+            cfg.max_steps = FLAGS.max_steps
+            cfg.strategies = FLAGS.strategies
+            t0 = time.perf_counter()
+            work = os.path.join('/tmp', f'help_bench_b{batch}_{target}')
+            out = experiment_transfer.run(cfg, work)
+            out['seconds'] = time.perf_counter() - t0
+            results[f'batch{batch}/{target}'] = out
+            print(f'batch {batch} target {target}: {out["seconds"]:.0f} s', flush=True)
+            with open(os.path.join(FLAGS.out, 'predictors_help.json'), 'w') as f:
+                json.dump(results, f, indent=1)
+    lines = [
+        '| batch | strategy | ' +
+        ' | '.join(f'k={k} MAPE % / acc10' for k in FLAGS.shots.split(',')) + ' | target |',
+        '|' + '---|' * (3 + len(FLAGS.shots.split(',')))
+    ]
+    for batch in [int(b) for b in FLAGS.batches.split(',')]:
+        runs = [v for k, v in results.items() if k.startswith(f'batch{batch}/')]
+        for strat in runs[0]['metrics']:
+            cells = []
+            for k in FLAGS.shots.split(','):
+                m = [r['metrics'][strat][k] for r in runs]
+                mape = sum(x['mape'] for x in m) / len(m)
+                acc = sum(x['acc10'] for x in m) / len(m)
+                cells.append(f'{mape:.2f} / {acc:.3f}')
+            t20, t0 = TARGETS.get(batch, (None, None))
+            target = f'20 shots <= {t20}%' + (f', 0 shots <= {t0}%' if t0 else '')
+            lines.append(f'| {batch} | {strat} | ' + ' | '.join(cells) + f' | {target} |')
+    table = '\n'.join(lines)
+    print(table)
+    with open(os.path.join(FLAGS.out, 'predictors_help.md'), 'w') as f:
+        f.write('HELP leave-one-GPU-out (mean over the 3 held-out GPUs; MAPE % / acc10)\n\n')
+        f.write(f'Command: python benchmarks/predictors_help.py --seeds={FLAGS.seeds} '
+                f'--max_steps={FLAGS.max_steps}\n\n{table}\n')
+
+
+if __name__ == '__main__':
+    app.run(main)

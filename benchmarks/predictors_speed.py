@@ -1,0 +1,89 @@
+"""Scoring speed of latency predictors: 100,000 archs in one jitted call after compile.
+
+Prints archs/s for the paper's MLP (128-400-400-400-1 on the one-hot) and for
+the additive model (table gathers + small residual MLP), median of repeated
+timed calls with ``block_until_ready``, next to the issue's targets (MLP
+>= 150,000/s, additive >= 2,000,000/s on a 2-core CPU). Weights are random:
+speed does not depend on their values. Writes
+``benchmarks/results/predictors_speed.json``.
+
+    python benchmarks/predictors_speed.py [--n=100000] [--repeats=7]
+
+Timings are only meaningful on a quiet machine (nothing else running).
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ofa_jax import space  # noqa: E402
+from predictors import checkpoint  # noqa: E402
+from predictors import features  # noqa: E402
+from predictors import fit  # noqa: E402
+from predictors import models  # noqa: E402
+from predictors import train as train_lib  # noqa: E402
+
+flags.DEFINE_integer('n', 100_000, 'Archs per call.')
+flags.DEFINE_integer('repeats', 7, 'Timed calls.')
+flags.DEFINE_string('out', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'),
+                    'Output folder.')
+FLAGS = flags.FLAGS
+TARGETS = {'mlp': 150_000, 'additive': 2_000_000}
+
+
+def make_predictor(name, fspec, archs, **kwargs):
+    model = models.build_model(name, fspec=fspec, **kwargs)
+    params = model.init(jax.random.PRNGKey(0), fit.make_inputs(archs[:2], fspec))
+    return checkpoint.Predictor(name, kwargs, fspec, train_lib.TargetNorm('scale', 0.0, 20.0),
+                                params)
+
+
+def time_calls(fn, archs, repeats):
+    fn(archs).block_until_ready()  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(archs).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.min(times))
+
+
+def main(argv):
+    del argv
+    rng = np.random.default_rng(0)
+    archs = space.sample_np(rng, FLAGS.n)
+    archs = jax.tree_util.tree_map(jax.numpy.asarray, archs)
+    fspec = features.fit_feature_spec(space.sample_np(rng, 1000))
+    rows = {}
+    for name, kwargs in (('mlp', {}), ('additive', {})):
+        pred = make_predictor(name, fspec, archs, **kwargs)
+        med, best = time_calls(pred, archs, FLAGS.repeats)
+        rows[name] = {
+            'seconds_median': med,
+            'archs_per_s_median': FLAGS.n / med,
+            'archs_per_s_best': FLAGS.n / best,
+            'target_archs_per_s': TARGETS[name]
+        }
+    print(f'{"model":10s} {"median ms":>10s} {"archs/s (median)":>17s} {"archs/s (best)":>15s} '
+          f'{"target":>10s}')
+    for name, r in rows.items():
+        print(f'{name:10s} {1e3 * r["seconds_median"]:10.1f} {r["archs_per_s_median"]:17,.0f} '
+              f'{r["archs_per_s_best"]:15,.0f} {r["target_archs_per_s"]:10,d}')
+    rows['n'] = FLAGS.n
+    rows['load_average'] = os.getloadavg()
+    rows['cpus'] = os.cpu_count()
+    os.makedirs(FLAGS.out, exist_ok=True)
+    with open(os.path.join(FLAGS.out, 'predictors_speed.json'), 'w') as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+    app.run(main)
