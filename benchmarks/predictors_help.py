@@ -37,6 +37,7 @@ flags.DEFINE_string('shots', '0,10,20,50', 'k values.')
 flags.DEFINE_string(
     'strategies', 'paper_head,paper_affine,hw_zero_affine,hw_finetune,'
     'help_affine,help_finetune', 'Strategies.')
+flags.DEFINE_bool('summarize_only', False, 'Only rebuild the table from the saved JSON.')
 flags.DEFINE_string('out', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'),
                     'Output folder.')
 FLAGS = flags.FLAGS
@@ -49,8 +50,14 @@ def main(argv):
         print(f'skip: {data} not found')
         return
     results = {}
+    json_path = os.path.join(FLAGS.out, 'predictors_help.json')
+    if FLAGS.summarize_only:
+        with open(json_path) as f:
+            results = json.load(f)
     for batch in [int(b) for b in FLAGS.batches.split(',')]:
         for target in GPUS:
+            if FLAGS.summarize_only:
+                continue
             sources = [g for g in GPUS if g != target]
             files = {g: os.path.join(data, f'{g}_batch{batch}.csv') for g in GPUS}
             cfg = transfer_config.get_config()
@@ -68,7 +75,7 @@ def main(argv):
             out['seconds'] = time.perf_counter() - t0
             results[f'batch{batch}/{target}'] = out
             print(f'batch {batch} target {target}: {out["seconds"]:.0f} s', flush=True)
-            with open(os.path.join(FLAGS.out, 'predictors_help.json'), 'w') as f:
+            with open(json_path, 'w') as f:
                 json.dump(results, f, indent=1)
     lines = [
         '| batch | strategy | ' +
@@ -77,6 +84,8 @@ def main(argv):
     ]
     for batch in [int(b) for b in FLAGS.batches.split(',')]:
         runs = [v for k, v in results.items() if k.startswith(f'batch{batch}/')]
+        if not runs:
+            continue
         for strat in runs[0]['metrics']:
             cells = []
             for k in FLAGS.shots.split(','):
@@ -86,7 +95,8 @@ def main(argv):
                 cells.append(f'{mape:.2f} / {acc:.3f}')
             t20, t0 = TARGETS.get(batch, (None, None))
             target = f'20 shots <= {t20}%' + (f', 0 shots <= {t0}%' if t0 else '')
-            lines.append(f'| {batch} | {strat} | ' + ' | '.join(cells) + f' | {target} |')
+            lines.append(f'| {batch} ({len(runs)} of 3 GPUs) | {strat} | ' + ' | '.join(cells) +
+                         f' | {target} |')
     table = '\n'.join(lines)
     print(table)
     with open(os.path.join(FLAGS.out, 'predictors_help.md'), 'w') as f:
