@@ -134,7 +134,8 @@ def main(argv):
                        res,
                        objective_name='predicted top-1 (OFA acc predictor)',
                        latency_name='Note10 LUT latency (ms)',
-                       reference=OFA_REFERENCE)
+                       reference=OFA_REFERENCE,
+                       reference_name="OFA's EvolutionFinder (same inputs)")
     return 0 if all_ok else 1
 
 

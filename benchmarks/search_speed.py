@@ -47,17 +47,23 @@ def _latency_mlp(key):
     return lambda archs: 5.0 + 40.0 * jax.nn.sigmoid(4.0 * mlp(archs))
 
 
-def _time(fn, *args, repeats: int) -> tuple[float, float, list[float]]:
+def _time(fn, *args, repeats: int) -> tuple[float, float, list[float], float]:
+    """(median wall s, compile s, all wall s, median process CPU s) after compile.
+
+    Process CPU time (all threads) is reported too: on a shared machine it is
+    less disturbed by other processes than wall time.
+    """
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for i in range(repeats):
         shifted = (args[0] + 100 * (i + 1),) + args[1:]
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(*shifted))
         times.append(time.perf_counter() - t)
-    return statistics.median(times), compile_s, times
+        cpu.append(time.process_time() - c)
+    return statistics.median(times), compile_s, times, statistics.median(cpu)
 
 
 def main(argv):
@@ -71,24 +77,24 @@ def main(argv):
 
     single = search.make_budget_search(params, acc, lat, jit=False)
     seeds1, budgets1 = search.grid([budgets[2]], [0])
-    t_one, c_one, all_one = _time(single, seeds1, budgets1, repeats=_REPEATS.value)
+    t_one, c_one, all_one, cpu_one = _time(single, seeds1, budgets1, repeats=_REPEATS.value)
     seeds15, budgets15 = search.grid(budgets, [0, 1, 2])
-    t_15, c_15, all_15 = _time(single, seeds15, budgets15, repeats=_REPEATS.value)
+    t_15, c_15, all_15, cpu_15 = _time(single, seeds15, budgets15, repeats=_REPEATS.value)
     res = jax.device_get(jax.jit(single)(seeds15, budgets15))
     ok = bool(res.feasible.all() and (res.latency <= res.budget + 1e-4).all())
 
     load = os.getloadavg()
     rows = [
-        ('1 search (100 x 500)', t_one, c_one, 1.0, 9.0),
-        ('15 searches (5 budgets x 3 seeds), one call', t_15, c_15, 5.0, 15 * 9.0),
+        ('1 search (100 x 500)', t_one, c_one, 1.0, 9.0, cpu_one),
+        ('15 searches (5 budgets x 3 seeds), one call', t_15, c_15, 5.0, 15 * 9.0, cpu_15),
     ]
     print(f'\nSearch speed, MLP accuracy + MLP latency predictors, max_tries={_MAX_TRIES.value}, '
           f'{os.cpu_count()} CPUs, load average {load[0]:.1f}, jax {jax.__version__}')
-    print(f'{"case":<46} {"seconds":>8} {"compile":>8} {"target":>7} {"met":>4} '
+    print(f'{"case":<46} {"wall s":>8} {"CPU s":>7} {"compile":>8} {"target":>7} {"met":>4} '
           f'{"OFA (>=9 s/search)":>18}')
-    for name, t, c, target, ofa in rows:
-        print(f'{name:<46} {t:8.3f} {c:8.1f} {target:7.1f} {"yes" if t < target else "NO":>4} '
-              f'{ofa:18.0f}')
+    for name, t, c, target, ofa, cpu in rows:
+        print(f'{name:<46} {t:8.3f} {cpu:7.3f} {c:8.1f} {target:7.1f} '
+              f'{"yes" if t < target else "NO":>4} {ofa:18.0f}')
     print(f'budgets (ms, latency-MLP quantiles): {budgets}; all 15 results feasible: {ok}')
     if load[0] > 1.5:
         print('NOTE: machine busy (load average > 1.5): rerun on a quiet machine.')
@@ -101,6 +107,8 @@ def main(argv):
                 'one_search_runs': all_one,
                 'fifteen_searches_seconds': t_15,
                 'fifteen_searches_runs': all_15,
+                'one_search_process_cpu_seconds': cpu_one,
+                'fifteen_searches_process_cpu_seconds': cpu_15,
                 'compile_seconds': [c_one, c_15],
                 'budgets_ms': budgets,
                 'all_feasible': ok,

@@ -121,7 +121,8 @@ def plot_pareto(path: str,
                 *,
                 objective_name: str,
                 latency_name: str = 'latency (ms)',
-                reference: Optional[dict[float, float]] = None) -> None:
+                reference: Optional[dict[float, float]] = None,
+                reference_name: str = 'reference') -> None:
     """Writes a PNG: found archs (objective vs latency), the front, the budgets.
 
     Args:
@@ -130,6 +131,7 @@ def plot_pareto(path: str,
       objective_name: y-axis label (e.g. 'predicted top-1' or 'proxy:macs').
       latency_name: x-axis label.
       reference: optional {budget: objective} drawn as crosses (e.g. OFA's).
+      reference_name: legend label of ``reference``.
     """
     import matplotlib
     matplotlib.use('Agg')
@@ -151,7 +153,7 @@ def plot_pareto(path: str,
                    list(reference.values()),
                    marker='x',
                    color='r',
-                   label='reference')
+                   label=reference_name)
     ax.set_xlabel(latency_name)
     ax.set_ylabel(objective_name)
     ax.legend(loc='lower right', fontsize=8)
