@@ -1,0 +1,73 @@
+"""The fit_predictor experiment end to end on a tiny CSV (and the Note10 LUT if present)."""
+
+import json
+import os
+
+from absl.testing import absltest
+import numpy as np
+
+from experiments.configs import fit_predictor as fit_config
+from ofa_jax import csvio
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import experiment_fit
+
+EXTERNAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
+                        'external')
+
+
+class FitExperimentTest(absltest.TestCase):
+
+    def test_split_is_file_order(self):
+        tr, va, te = experiment_fit.split_indices(20, '0.7,0.15,0.15')
+        np.testing.assert_array_equal(np.concatenate([tr, va, te]), np.arange(20))
+        self.assertEqual((len(tr), len(va), len(te)), (14, 3, 3))
+        with self.assertRaisesRegex(ValueError, 'split'):
+            experiment_fit.split_indices(20, '0.5,0.5')
+
+    def test_run_additive_writes_everything(self):
+        folder = self.create_tempdir().full_path
+        archs = space.sample_np(np.random.default_rng(0), 200, resolutions=(160, 224))
+        lat = 2.0 + np.asarray(archs.depth).sum(-1) * 0.3 + np.asarray(archs.kernel).mean(-1)
+        path = os.path.join(folder, 'dev.csv')
+        csvio.write_ofa_csv(path, archs, lat)
+        cfg = fit_config.get_config()
+        cfg.data = path
+        cfg.model = 'additive'
+        cfg.max_steps = 20
+        cfg.eval_every = 10
+        work = os.path.join(folder, 'work')
+        out = experiment_fit.run(cfg, work)
+        with open(os.path.join(work, 'metrics.json')) as f:
+            saved = json.load(f)
+        for key in ('rmse_ms', 'mae_ms', 'mape', 'acc5', 'acc10', 'kendall_tau', 'spearman'):
+            self.assertIn(key, saved)
+        self.assertEqual(saved['rows'], {'train': 140, 'val': 30, 'test': 30})
+        self.assertLess(out['mape'], 10.0)  # plumbing test: 140 rows, 362 table entries
+        self.assertTrue(os.path.exists(os.path.join(work, 'pred_vs_measured.png')))
+        loaded = checkpoint.load(os.path.join(work, 'checkpoint'))
+        self.assertEqual(np.asarray(loaded(archs[170:])).shape, (30,))
+
+    def test_bad_model(self):
+        cfg = fit_config.get_config()
+        cfg.data = 'x.csv'
+        cfg.model = 'transformer'
+        with self.assertRaisesRegex(experiment_fit.ConfigError, 'model.*allowed: mlp'):
+            experiment_fit.run(cfg, self.create_tempdir().full_path)
+
+    def test_note10_lut_is_exact(self):
+        data = os.path.join(EXTERNAL, 'ofanas_ofa_w1.0', 'note10_lookuptable_ofa.csv')
+        lut = os.path.join(EXTERNAL, 'ofa_note10_lut')
+        if not (os.path.exists(data) and os.path.isdir(lut)):
+            self.skipTest('external data absent')
+        cfg = fit_config.get_config()
+        cfg.data = data
+        cfg.model = 'lut'
+        cfg.lut = lut
+        cfg.max_rows = 400
+        out = experiment_fit.run(cfg, self.create_tempdir().full_path)
+        self.assertLess(out['rmse_ms'], 1e-3)
+
+
+if __name__ == '__main__':
+    absltest.main()
