@@ -32,6 +32,7 @@ TARGET_RMSE = {'2080ti': 0.30, 'note10': 0.02}
 
 flags.DEFINE_string('models', 'mlp,additive', 'Models on both datasets.')
 flags.DEFINE_bool('note10_mlp', False, 'Also fit the paper MLP on Note10 (slow).')
+flags.DEFINE_bool('summarize_only', False, 'Only rebuild the table from the saved JSON.')
 flags.DEFINE_string('out', os.path.join(HERE, 'results'), 'Output folder.')
 FLAGS = flags.FLAGS
 
@@ -47,6 +48,10 @@ def main(argv):
         'note10': os.path.join(folder, 'note10_lookuptable_ofa.csv'),
     }
     runs = []
+    if FLAGS.summarize_only:
+        with open(os.path.join(FLAGS.out, 'predictors_accuracy.json')) as f:
+            runs = json.load(f)
+        datasets = {}
     for ds, path in datasets.items():
         models = FLAGS.models.split(',')
         if ds == 'note10':
@@ -74,8 +79,8 @@ def main(argv):
     ]
     for r in runs:
         p = PAPER[r['dataset']]
-        lines.append(f'| {r["dataset"]} | {r["model"]} | {r["rmse_ms"]:.4f} | {r["mae_ms"]:.4f} | '
-                     f'{r["mape"]:.3f} | {r["acc5"]:.3f} | {r["acc10"]:.3f} | '
+        lines.append(f'| {r["dataset"]} | {r["model"]} | {r["rmse_ms"]:.4g} | {r["mae_ms"]:.4g} | '
+                     f'{r["mape"]:.4g} | {r["acc5"]:.3f} | {r["acc10"]:.3f} | '
                      f'{r["kendall_tau"]:.4f} | {r.get("train_seconds", 0):.0f} | '
                      f'{p["rmse_as_reported"]} (paper MLP) | {p.get("mape", "-")} | '
                      f'<= {TARGET_RMSE[r["dataset"]]} |')
