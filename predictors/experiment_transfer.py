@@ -287,14 +287,15 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                 continue
             shot_archs = target.archs[draws]
             mode = 'head' if how == 'head' else 'full'
+            full = mode == 'full'
             adapted = transfer.finetune(
                 base,
                 shot_archs,
                 ys,
                 mode=mode,
-                steps=int(config.finetune_steps),
-                learning_rate=float(config.finetune_lr),
-                anchor_weight=float(config.anchor_weight) if mode == 'full' else 0.0)
+                steps=int(config.full_finetune_steps if full else config.finetune_steps),
+                learning_rate=float(config.full_finetune_lr if full else config.finetune_lr),
+                anchor_weight=float(config.anchor_weight) if full else 0.0)
             pred[strat][k] = transfer.predict_many(adapted, eval_archs)
     timing['adapt_s'] = time.perf_counter() - t0
     return dict(pred=pred,

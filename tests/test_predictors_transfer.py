@@ -47,6 +47,7 @@ def _config(paths, refs, strategies):
     cfg.max_steps = 20
     cfg.eval_every = 10
     cfg.finetune_steps = 5
+    cfg.full_finetune_steps = 5
     cfg.context_hidden = '16'
     return cfg
 

@@ -29,9 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
             context_hidden='256,256,256',  # hidden widths of the hw/help context MLPs
             max_rows=0,
             seed=0,
-            finetune_steps=300,
+            finetune_steps=300,  # paper's head-only fine-tuning
             finetune_lr=1e-3,
-            anchor_weight=1e-4,
+            full_finetune_steps=200,  # full fine-tuning anchored to the base weights
+            full_finetune_lr=1e-4,
+            anchor_weight=1e-3,
             learning_rate=1e-3,
             weight_decay=0.0,
             batch_size=256,
