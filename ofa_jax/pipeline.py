@@ -123,6 +123,7 @@ def _protocol(config: ml_collections.ConfigDict) -> measure.Protocol:
 def _measure_config(config, parsed, store_path) -> ml_collections.ConfigDict:
     c = measure_config.get_config()
     c.num_archs = int(config.num_archs)
+    c.time_budget_s = float(config.measure_time_budget_s)
     c.seed = int(config.seed)
     c.resolutions = ','.join(map(str, parsed['resolutions']))
     c.batch_sizes = str(parsed['batch'])

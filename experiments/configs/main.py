@@ -27,7 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtype = 'float32'
     c.device = ''  # '' = JAX's default device; or 'cpu', 'gpu:0', 'tpu:0'.
     c.store = ''  # '' = WORKDIR/latency.sqlite; point it at an existing store to reuse rows.
-    c.num_archs = 200  # Whole-network measurements for the predictors.
+    # Whole-network measurements for the predictors: up to num_archs, as many as fit in
+    # measure_time_budget_s (about 9-10 per minute on 2 cores, mostly XLA compile
+    # time). Rerunning the same command measures the rest, so the data set grows.
+    c.num_archs = 300
+    c.measure_time_budget_s = 540.0  # 0 = no limit.
     c.seed = 0
     c.cpu_affinity = ''  # '' = as launched; '1' = one core (lower noise, slower).
     c.depthwise = 'auto'
