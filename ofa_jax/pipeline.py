@@ -136,6 +136,7 @@ def _measure_config(config, parsed, store_path) -> ml_collections.ConfigDict:
     c.cpu_affinity = ''  # Applied once, by run().
     c.progress = bool(config.progress)
     c.protocol = copy.deepcopy(config.protocol)
+    c.drift.tolerance = float(config.drift_tolerance)
     return c
 
 
@@ -269,8 +270,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     _log(f'1/5 measuring {config.num_archs} sub-networks at resolutions '
          f'{parsed["resolutions"]}, batch {parsed["batch"]} into {store_path}')
     t0 = time.monotonic()
-    m_summary = campaign.run(_measure_config(config, parsed, store_path),
-                             os.path.join(workdir, 'measure'))
+    mcfg = _measure_config(config, parsed, store_path)
+    m_summary = campaign.run(mcfg, os.path.join(workdir, 'measure'))
     stages['measure'] = time.monotonic() - t0
     device_id = m_summary['fingerprint_id']
 
@@ -296,7 +297,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
         r.key.arch_key: r for r in store.rows(
             device_id, batch=parsed['batch'], dtype=config.dtype, protocol=protocol.name)
     }
+    # Only the campaign's seeded random archs: the store also holds what earlier
+    # searches found (verification rows), which are not a random sample.
+    planned = {space.arch_key(a) for a in campaign.plan(mcfg, workdir).archs}
     keys = [space.arch_key(a) for a in space.unstack(archs)]
+    keep = np.array([k in planned for k in keys])
+    archs, lat = archs[np.flatnonzero(keep)], lat[keep]
+    keys = [k for k, ok in zip(keys, keep) if ok]
     tr, va, te = experiment_fit.split_indices(len(lat), config.split)
     estimators: dict[str, dict[str, Any]] = {}
     predictions: dict[str, np.ndarray] = {}

@@ -124,6 +124,11 @@ def _tables(width: float) -> dict[str, np.ndarray]:
     }
 
 
+def block_macs_table(width: float = 1.2) -> np.ndarray:
+    """float32[25, 20, 9]: MACs of the block at (resolution slot, position, choice)."""
+    return _tables(width)['macs']
+
+
 def _gene_index(values, choices: Sequence[int]):
     """Choice index of gene values (3/5/7 -> 0/1/2) without a search."""
     lut = np.zeros((max(choices) + 1,), np.int32)

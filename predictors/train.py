@@ -204,15 +204,38 @@ def fit_ensemble(train: Callable[[jax.Array], TrainResult], seed: int,
 # Closed-form start for the additive model.
 
 
+def _mac_prior(a: np.ndarray, y: np.ndarray, fspec: features.FeatureSpec, n_k: int) -> np.ndarray:
+    """Prior parameters: per-stage cost per MAC x block MACs, plus fitted fixed terms."""
+    per_knot = space.NUM_BLOCKS * features.NUM_CHOICES
+    knot_slots = [space.RESOLUTIONS.index(int(k)) for k in fspec.knots]
+    macs = features.block_macs_table(fspec.width)[knot_slots]  # [n_k, 20, 9]
+    macs = macs / max(float(macs.max()), 1.0)
+    stage = np.repeat(np.arange(space.NUM_STAGES), space.MAX_DEPTH * features.NUM_CHOICES)
+    stage_cols = np.zeros((n_k * per_knot, space.NUM_STAGES))
+    stage_cols[np.arange(n_k * per_knot), np.tile(stage, n_k)] = macs.reshape(-1)
+    # Design of the small model: [per-stage MAC scales | fixed terms].
+    small = np.concatenate([a[:, :n_k * per_knot] @ stage_cols, a[:, n_k * per_knot:]], axis=1)
+    coef = np.linalg.lstsq(small, y, rcond=None)[0]
+    return np.concatenate([stage_cols @ coef[:space.NUM_STAGES], coef[space.NUM_STAGES:]])
+
+
 def additive_lstsq_init(archs: space.Arch,
                         targets: np.ndarray,
                         fspec: features.FeatureSpec,
-                        ridge: float = 1e-6) -> dict[str, np.ndarray]:
+                        ridge: float = 1e-6,
+                        prior_ridge: float = 1e-6) -> dict[str, np.ndarray]:
     """Ridge least-squares block table and fixed terms for normalised ``targets``.
 
     The additive part is linear in its parameters, so its optimum is a linear
     solve; Adam then only has to fit the residual MLP. Returns
     ``{'block_table', 'fixed'}`` arrays shaped like the model's parameters.
+
+    With few rows most (position, choice, knot) cells are not determined by the
+    data. Shrinking them toward zero makes unseen big blocks look free, and a
+    search then picks exactly those. So the table is shrunk toward a physical
+    prior instead: a per-stage cost per MAC times the block's analytic MACs,
+    fitted first (5 scales + fixed terms: well determined by a few dozen rows).
+    Gradient descent started here stays at the prior where data is silent.
     """
     n_k = len(fspec.knots)
     per_knot = space.NUM_BLOCKS * features.NUM_CHOICES
@@ -231,9 +254,13 @@ def additive_lstsq_init(archs: space.Arch,
     np.add.at(a, (rows, np.repeat(hi, space.NUM_BLOCKS) * per_knot + pos_c), act * wr)
     np.add.at(a, (np.arange(n), n_k * per_knot + lo), 1 - w)
     np.add.at(a, (np.arange(n), n_k * per_knot + hi), w)
+    y = np.asarray(targets, np.float64)
+    prior = _mac_prior(a, y, fspec, n_k)
     ata = a.T @ a
-    sol = np.linalg.solve(ata + ridge * np.eye(cols) * max(np.trace(ata) / cols, 1e-12),
-                          a.T @ np.asarray(targets, np.float64))
+    scale = max(np.trace(ata) / cols, 1e-12)
+    weight = np.full(cols, prior_ridge)
+    weight[n_k * per_knot:] = ridge  # Fixed terms: few, always determined.
+    sol = np.linalg.solve(ata + np.diag(weight * scale), a.T @ y + weight * scale * prior)
     return {
         'block_table': sol[:n_k * per_knot].astype(np.float32),
         'fixed': sol[n_k * per_knot:].astype(np.float32)
