@@ -19,11 +19,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ofa_jax import errors
 from ofa_jax import pipeline
 from ofa_jax import report
-from ofa_jax.latency import campaign
-from ofa_jax.search import experiment as search_experiment
-from predictors import experiment_fit
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'main.py')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (store, stages, report/).')
@@ -31,8 +29,6 @@ _CONFIG = config_flags.DEFINE_config_file('config',
                                           _DEFAULT_CONFIG,
                                           'Main-job config file.',
                                           lock_config=True)
-CONFIG_ERRORS = (pipeline.ConfigError, campaign.ConfigError, experiment_fit.ConfigError,
-                 search_experiment.ConfigError)
 
 
 def main(argv):
@@ -45,7 +41,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # JAX logs every backend it fails to find.
     try:
         result = pipeline.run(config, _WORKDIR.value)
-    except CONFIG_ERRORS as err:
+    except errors.ConfigError as err:
         sys.stderr.write(f'error: {err}\n')
         sys.exit(2)
     except KeyboardInterrupt:

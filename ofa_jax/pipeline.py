@@ -36,6 +36,7 @@ from experiments.configs import build_lut as build_lut_config
 from experiments.configs import fit_predictor as fit_config
 from experiments.configs import measure_latency as measure_config
 from experiments.configs import search as search_config
+from ofa_jax import errors
 from ofa_jax import space
 from ofa_jax import spec as spec_lib
 from ofa_jax import summary as summary_lib
@@ -58,9 +59,7 @@ ESTIMATOR_LABELS = {
     'additive_mlp': 'additive + residual MLP (ours)',
 }
 
-
-class ConfigError(ValueError):
-    """A config value the job cannot use; the message says what to change."""
+ConfigError = errors.ConfigError
 
 
 def _log(msg: str) -> None:
@@ -69,19 +68,10 @@ def _log(msg: str) -> None:
 
 
 def _parse_budgets(text: Any) -> list[float]:
+    """Explicit budgets in ms, or ``[]`` (empty field) for automatic budgets."""
     if text in ('', None):
         return []
-    parts = text if isinstance(text, (list, tuple)) else str(text).split(',')
-    try:
-        values = [float(p) for p in parts if str(p).strip()]
-    except ValueError:
-        raise ConfigError(f'config.budgets_ms: {text!r} is not a comma-separated list of '
-                          'milliseconds (e.g. --config.budgets_ms=20,30,40), or empty for '
-                          'automatic budgets') from None
-    bad = [v for v in values if not v > 0]
-    if bad:
-        raise ConfigError(f'config.budgets_ms: {bad} must be positive milliseconds')
-    return values
+    return search_experiment.parse_floats('config.budgets_ms', text)
 
 
 def _predictors(text: str) -> list[str]:
@@ -214,9 +204,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
         supernet and print the largest/smallest sizes (:mod:`ofa_jax.summary`).
 
     Raises:
-      ConfigError, campaign.ConfigError, experiment_fit.ConfigError,
-      search_experiment.ConfigError: a bad config value (message says what
-        to change); the caller turns these into a one-line error.
+      errors.ConfigError: a bad config value (message says what to change),
+        raised by this or any stage; the caller turns it into a one-line error.
     """
     # Imported here: matplotlib is only needed once everything is measured.
     from ofa_jax import report  # pylint: disable=g-import-not-at-top

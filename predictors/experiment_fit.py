@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from ofa_jax import csvio
+from ofa_jax import errors
 from ofa_jax import space
 from predictors import checkpoint
 from predictors import features
@@ -28,9 +29,7 @@ from predictors import train as train_lib
 
 FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut')
 
-
-class ConfigError(ValueError):
-    """A bad config value (the message names the field and the allowed values)."""
+ConfigError = errors.ConfigError
 
 
 def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from ofa_jax import errors
 from ofa_jax import space
 from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import measure
@@ -28,9 +29,7 @@ from ofa_jax.latency import store as store_lib
 
 DRIFT_ACTIONS = ('flag', 'remeasure', 'none')
 
-
-class ConfigError(ValueError):
-    """A config field has a bad value; the message says which and what to use."""
+ConfigError = errors.ConfigError
 
 
 def parse_int_list(name: str, value: Any, allowed: Sequence[int] | None = None) -> tuple[int, ...]:

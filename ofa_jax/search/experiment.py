@@ -28,15 +28,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from ofa_jax import errors
 from ofa_jax import space
 from ofa_jax.search import constraints, evolution, objectives, sweep
 
-
-class ConfigError(ValueError):
-    """A configuration field is wrong; the message names it and the fix."""
+ConfigError = errors.ConfigError
 
 
-def _floats(field: str, text: Any) -> list[float]:
+def parse_floats(field: str, text: Any) -> list[float]:
+    """Parses positive finite numbers from ``'15,20'``, a number or a sequence."""
     try:
         if isinstance(text, str):
             values = [float(t) for t in text.replace(' ', '').split(',') if t]
@@ -107,7 +107,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Returns:
       The ``search.json`` content (plus ``compile_seconds``).
     """
-    budgets = _floats('budgets_ms', config.budgets_ms)
+    budgets = parse_floats('budgets_ms', config.budgets_ms)
     if int(config.seeds) < 1:
         raise ConfigError(f'seeds: {config.seeds} must be >= 1 (number of seeds per budget)')
     latency_fn, resolutions, latency_desc = load_latency(config.latency, config.resolutions)
