@@ -19,21 +19,19 @@ function, so its final bias is loaded as the base accuracy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from ofa_jax import encoding, space, torch_pickle
+from predictors import checkpoint
 
 META_FILE = 'accuracy_predictor.json'
-PARAMS_FILE = 'params.msgpack'
 FORMAT = 'ofa_jax.accuracy_predictor/1'
 
 
@@ -143,37 +141,19 @@ def save(predictor: AccuracyPredictor, directory: str | os.PathLike) -> str:
     """Writes our checkpoint (json + msgpack) into ``directory``; returns it."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    host = jax.tree_util.tree_map(np.asarray, predictor.params)
-    blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
-    meta = json.dumps({
-        'format': FORMAT,
-        'hidden': list(predictor.hidden),
-        'meta': predictor.meta
-    },
-                      indent=1)
-    for name, data, mode in ((PARAMS_FILE, blob, 'wb'), (META_FILE, meta, 'w')):
-        tmp = os.path.join(directory, f'.{name}.tmp')
-        with open(tmp, mode) as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(directory, name))
+    meta = {'format': FORMAT, 'hidden': list(predictor.hidden), 'meta': predictor.meta}
+    checkpoint.write_files(directory, predictor.params, meta, meta_file=META_FILE)
     return directory
 
 
 def load(directory: str | os.PathLike) -> AccuracyPredictor:
     """Loads a checkpoint written by :func:`save`."""
     directory = os.fspath(directory)
-    path = os.path.join(directory, META_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'{directory}: no {META_FILE}; not a saved accuracy predictor')
-    with open(path) as f:
-        meta = json.load(f)
+    params, meta = checkpoint.read_files(directory, 'accuracy predictor', meta_file=META_FILE)
     if meta.get('format') != FORMAT:
-        raise ValueError(f'{path}: format {meta.get("format")!r}, expected {FORMAT!r}')
-    with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
-        params = flax.serialization.msgpack_restore(f.read())
-    return AccuracyPredictor(params=jax.tree_util.tree_map(jnp.asarray, params),
-                             hidden=tuple(meta['hidden']),
-                             meta=meta.get('meta', {}))
+        raise ValueError(f'{os.path.join(directory, META_FILE)}: format {meta.get("format")!r}, '
+                         f'expected {FORMAT!r}')
+    return AccuracyPredictor(params=params, hidden=tuple(meta['hidden']), meta=meta.get('meta', {}))
 
 
 def load_any(path: str | os.PathLike) -> AccuracyPredictor:

@@ -172,28 +172,42 @@ def save(predictor: Predictor, directory: str | os.PathLike) -> str:
         'context': predictor.context.tolist(),
         'meta': predictor.meta,
     }
-    host = jax.tree_util.tree_map(np.asarray, predictor.params)
+    write_files(directory, predictor.params, meta)
+    return directory
+
+
+def write_files(directory: str,
+                params: Any,
+                meta: dict[str, Any],
+                meta_file: str = META_FILE) -> None:
+    """Writes ``params`` (msgpack) and ``meta`` (JSON), each atomically (tmp + rename)."""
+    host = jax.tree_util.tree_map(np.asarray, params)
     blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
-    for name, data, mode in ((PARAMS_FILE, blob, 'wb'), (META_FILE, json.dumps(meta,
+    for name, data, mode in ((PARAMS_FILE, blob, 'wb'), (meta_file, json.dumps(meta,
                                                                                indent=1), 'w')):
         tmp = os.path.join(directory, f'.{name}.tmp')
         with open(tmp, mode) as f:
             f.write(data)
         os.replace(tmp, os.path.join(directory, name))
-    return directory
 
 
-def load(directory: str | os.PathLike) -> Predictor:
-    """Loads a predictor written by :func:`save`."""
-    directory = os.fspath(directory)
-    path = os.path.join(directory, META_FILE)
+def read_files(directory: str,
+               what: str = 'predictor',
+               meta_file: str = META_FILE) -> tuple[Any, dict[str, Any]]:
+    """Reads what :func:`write_files` wrote: (params as jnp arrays, meta dict)."""
+    path = os.path.join(directory, meta_file)
     if not os.path.exists(path):
-        raise FileNotFoundError(f'{directory}: no {META_FILE}; not a saved predictor')
+        raise FileNotFoundError(f'{directory}: no {meta_file}; not a saved {what}')
     with open(path) as f:
         meta = json.load(f)
     with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
         params = flax.serialization.msgpack_restore(f.read())
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return jax.tree_util.tree_map(jnp.asarray, params), meta
+
+
+def load(directory: str | os.PathLike) -> Predictor:
+    """Loads a predictor written by :func:`save`."""
+    params, meta = read_files(os.fspath(directory))
     # JSON turns tuples into lists; module options must stay hashable for jit.
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta['model_kwargs'].items()}
     return Predictor(model_name=meta['model_name'],
