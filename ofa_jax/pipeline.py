@@ -130,7 +130,7 @@ def _measure_config(config, parsed, store_path) -> ml_collections.ConfigDict:
     return c
 
 
-def _lut_config(config, parsed) -> ml_collections.ConfigDict:
+def _lut_config(config, parsed, store_path) -> ml_collections.ConfigDict:
     c = build_lut_config.get_config()
     c.resolutions = ','.join(map(str, parsed['resolutions']))
     c.batch = parsed['batch']
@@ -143,6 +143,11 @@ def _lut_config(config, parsed) -> ml_collections.ConfigDict:
     c.progress = bool(config.progress)
     c.protocol = copy.deepcopy(config.protocol)
     c.protocol.min_time = float(config.lut_min_time)
+    if c.protocol.get('paired', False):
+        # Samples of >= 10 ms, so the gauge call after each does not dominate.
+        c.protocol.min_sample = max(float(c.protocol.min_sample), 0.01)
+        c.protocol.repeats = min(int(c.protocol.repeats), 9)
+    c.store = store_path  # The gauge baseline: shared with the campaign's networks.
     return c
 
 
@@ -238,8 +243,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     # 0. Explicit budgets below the smallest sub-network cannot be met: say so before
     #    spending minutes on measurements.
     smallest = space.smallest(min(parsed['resolutions']))
+    gauge = None
     if parsed['budgets']:
         t0 = time.monotonic()
+        gauge = _gauge(config, parsed, store_path, device)
         floor = measure.measure_latency(smallest,
                                         parsed['batch'],
                                         config.dtype,
@@ -247,7 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
                                         protocol,
                                         width=width,
                                         num_classes=int(config.num_classes),
-                                        depthwise=config.depthwise).latency_ms
+                                        depthwise=config.depthwise,
+                                        gauge=gauge).latency_ms
         stages['check_budgets'] = time.monotonic() - t0
         low = [b for b in parsed['budgets'] if b < floor]
         if low:
@@ -267,7 +275,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     # 2. Lookup table.
     _log('2/5 building the lookup table (every layer timed alone)')
     t0 = time.monotonic()
-    l_summary = lut_builder.run(_lut_config(config, parsed), os.path.join(workdir, 'lut_build'))
+    l_summary = lut_builder.run(_lut_config(config, parsed, store_path),
+                                os.path.join(workdir, 'lut_build'))
     stages['lut'] = time.monotonic() - t0
     l_summary['total_elapsed_s'] = _accumulate(os.path.join(workdir, 'lut_build', 'cost.json'),
                                                l_summary)
@@ -348,7 +357,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     t0 = time.monotonic()
     if config.verify:
         _log('5/5 measuring the found sub-networks on this device')
-        _verify(searches, store, device_id, parsed, config, protocol, device)
+        if protocol.paired and gauge is None:
+            gauge = _gauge(config, parsed, store_path, device)
+        _verify(searches, store, device_id, parsed, config, protocol, device, gauge)
     stages['verify'] = time.monotonic() - t0
     store.close()
 
@@ -388,7 +399,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     return summary
 
 
-def _verify(searches, store, device_id, parsed, config, protocol, device) -> None:
+def _gauge(config, parsed, store_path, device) -> measure.Gauge | None:
+    """The device's gauge with the store's baseline (None for an unpaired protocol)."""
+    if not config.protocol.get('paired', False):
+        return None
+    from ofa_jax import depthwise as dw  # pylint: disable=g-import-not-at-top
+    depthwise = (dw.default_depthwise(device.platform)
+                 if config.depthwise == 'auto' else dw.resolve(config.depthwise))
+    fp = fp_lib.fingerprint(device, microbenchmarks=False)
+    with store_lib.LatencyStore(store_path) as store:
+        store.add_device(fp)
+        return campaign.open_gauge(store,
+                                   fp['fingerprint_id'],
+                                   batch=parsed['batch'],
+                                   dtype=config.dtype,
+                                   device=device,
+                                   width=float(config.width),
+                                   num_classes=int(config.num_classes),
+                                   depthwise=depthwise)
+
+
+def _verify(searches, store, device_id, parsed, config, protocol, device, gauge) -> None:
     """Measures each found arch once (reusing stored rows) and adds ``measured_ms``."""
     width = float(config.width)
     from ofa_jax import depthwise as dw  # pylint: disable=g-import-not-at-top
@@ -415,7 +446,8 @@ def _verify(searches, store, device_id, parsed, config, protocol, device) -> Non
                                                      protocol,
                                                      width=width,
                                                      num_classes=key.num_classes,
-                                                     depthwise=depthwise)
+                                                     depthwise=depthwise,
+                                                     gauge=gauge)
                     store.add_result(key, result, provenance={'source': 'main-job verify'})
                     cache[key.arch_key] = result.latency_ms
             row['measured_ms'] = cache[key.arch_key]

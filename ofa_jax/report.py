@@ -118,6 +118,20 @@ def _search_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _gauge_lines(camp: dict[str, Any]) -> list[str]:
+    """How much the paired protocol corrected, when it was used."""
+    q = camp.get('speed_quantiles')
+    gauge = camp.get('gauge')
+    if not q or not gauge:
+        return []
+    return [
+        f'- paired protocol: every sample divided by a sample of the gauge network '
+        f'(`{gauge["arch_key"]}`, baseline {gauge["baseline_ms"]:.2f} ms); the machine ran at '
+        f'{q[0]:.2f}-{q[-1]:.2f}x the baseline speed during this run (10-90%: {q[1]:.2f}-'
+        f'{q[3]:.2f}x), which the latencies are corrected for'
+    ]
+
+
 def _search_table(rows: list[dict[str, Any]]) -> list[str]:
     name = rows[0]['objective_name'] if rows else 'objective'
     lines = [
@@ -273,6 +287,7 @@ def write_report(out_dir: str, summary: Mapping[str,
         f'{camp.get("per_minute", 0):.1f} per minute',
         f'- lookup table: {summary["lut"]["layers"]} layers timed alone '
         f'({summary["lut"]["timed_now"]} in this run)',
+        *_gauge_lines(camp),
         '',
         '## Estimators on the same held-out measured sub-networks',
         '',

@@ -12,6 +12,7 @@ from absl.testing import parameterized
 
 from ofa_jax import csvio
 from ofa_jax.latency import campaign
+from ofa_jax.latency import store as store_lib
 from experiments.configs import measure_latency as config_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +131,7 @@ class DriftTest(absltest.TestCase):
         c.protocol.repeats = 3
         c.protocol.min_time = 0.0
         c.protocol.number = 1
+        c.protocol.paired = False  # A paired protocol corrects drift instead of flagging it.
         c.drift.interval = 1
         c.drift.tolerance = 0.0  # Any change of the reference counts as drift.
         summary = campaign.run(c, workdir)
@@ -139,6 +141,45 @@ class DriftTest(absltest.TestCase):
         self.assertEqual(summary['drift_flagged'], 1)
         table = csvio.read_ofa_csv(os.path.join(workdir, 'latency.csv'))
         self.assertEqual(table.extra['drift'], ['1'])
+
+
+class PairedTest(absltest.TestCase):
+
+    def test_paired_campaign_shares_one_gauge_baseline(self):
+        workdir = self.create_tempdir().full_path
+        c = config_lib.get_config()
+        c.num_archs = 2
+        c.resolutions = '128'
+        c.num_classes = 10
+        c.microbenchmarks = False
+        c.progress = False
+        c.protocol.warmup = 1
+        c.protocol.repeats = 3
+        c.protocol.min_time = 0.0
+        c.protocol.number = 1
+        self.assertTrue(c.protocol.paired)  # The default.
+        summary = campaign.run(c, workdir)
+        self.assertEqual(summary['measured'], 2)
+        baseline = summary['gauge']['baseline_ms']
+        self.assertGreater(baseline, 0)
+        self.assertLen(summary['speed_quantiles'], 5)
+        store = store_lib.LatencyStore(os.path.join(workdir, 'latency.sqlite'))
+        rows = store.rows(summary['fingerprint_id'])
+        self.assertLen(rows, 2)
+        for row in rows:
+            self.assertIn('speed', row.stats)
+            self.assertIn('raw_median', row.stats)
+        # Another process (here: another call) reuses the stored baseline.
+        gauge = campaign.open_gauge(store,
+                                    summary['fingerprint_id'],
+                                    batch=1,
+                                    dtype='float32',
+                                    device=None,
+                                    width=1.2,
+                                    num_classes=10,
+                                    depthwise=rows[0].key.depthwise)
+        self.assertEqual(gauge.baseline_ms, baseline)
+        store.close()
 
 
 class ResumeTest(absltest.TestCase):

@@ -114,6 +114,41 @@ class MeasureTest(absltest.TestCase):
         self.assertEqual(r.number, 2)
         self.assertGreater(r.latency_ms, 0)
 
+    def test_paired_protocol_cancels_a_machine_slowdown(self):
+        # A fake machine that turns 3x slower halfway through: the target takes
+        # 5 ms x k and the gauge's reference 10 ms x k. Raw samples see both speeds;
+        # paired samples are target / reference x baseline = 5 ms throughout.
+        import time as time_lib
+        calls = {'target': 0}
+        slow = lambda: 3.0 if calls['target'] > 6 else 1.0
+
+        def target():
+            calls['target'] += 1
+            time_lib.sleep(0.005 * slow())
+            return np.zeros(1)
+
+        def reference():
+            time_lib.sleep(0.010 * slow())
+            return np.zeros(1)
+
+        compiled = measure.Compiled(executable=reference,
+                                    args=(),
+                                    lower_s=0.0,
+                                    compile_s=0.0,
+                                    cost={})
+        gauge = measure.Gauge(compiled=compiled, baseline_ms=10.0, arch_key='fake')
+        p = measure.Protocol(warmup=0, repeats=12, min_time=0.0, number=1, paired=True)
+        stats, samples, _, _ = measure.time_executable(target, (), p, gauge)
+        self.assertLen(samples, 12)
+        self.assertAlmostEqual(stats['latency'], 5.0, delta=1.0)
+        self.assertGreater(stats['raw_median'], 8.0)  # Half the raw samples are 3x slower.
+        self.assertAlmostEqual(stats['speed'], 10.0 / stats['reference_median'])
+        with self.assertRaisesRegex(ValueError, 'paired'):
+            measure.time_executable(target, (), p)  # No gauge.
+
+    def test_paired_protocol_has_its_own_id(self):
+        self.assertNotEqual(measure.Protocol(paired=True).name, measure.Protocol().name)
+
     def test_synthetic_params(self):
         shapes = {
             'params': {

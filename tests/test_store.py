@@ -38,6 +38,17 @@ class StoreTest(absltest.TestCase):
         with store_lib.LatencyStore(self.path) as s:  # Reopen: still there.
             self.assertTrue(s.has(keys[0]))
 
+    def test_meta_first_writer_wins_and_persists(self):
+        with store_lib.LatencyStore(self.path) as s:
+            self.assertIsNone(s.get_meta('gauge'))
+            self.assertEqual(s.set_meta('gauge', '12.5'), '12.5')
+            self.assertEqual(s.set_meta('gauge', '99'), '12.5')  # Kept.
+        with store_lib.LatencyStore(self.path) as s:
+            self.assertEqual(s.get_meta('gauge'), '12.5')
+            self.assertEqual(s.set_meta('gauge', '7', overwrite=True), '7')
+            self.assertIn(('gauge', '7'), s.meta_items('ga'))
+            self.assertEqual(s.meta_items('x'), [])
+
     def test_other_batch_is_another_row(self):
         k = _keys(1)[0]
         with store_lib.LatencyStore(self.path) as s:

@@ -44,8 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.protocol.trim = 0.2
     c.protocol.statistic = 'median'
     c.protocol.rounds = 1
+    # Time the fixed gauge network after every sample and report latencies relative
+    # to it (measure.Protocol.paired): cancels the machine's speed drift.
+    c.protocol.paired = True
 
     c.drift = ml_collections.ConfigDict()
+    # Drift detection for unpaired protocols (a paired one corrects drift instead).
     c.drift.interval = 20  # Re-time the reference after this many rows; 0 = off.
     c.drift.tolerance = 0.15  # Relative change of the reference that flags rows.
     c.drift.action = 'flag'  # 'flag', 'remeasure' (at the end, once back to baseline), 'none'.

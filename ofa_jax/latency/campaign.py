@@ -82,6 +82,37 @@ def protocol_from_config(cfg: Any) -> measure.Protocol:
         raise ConfigError(f'config.protocol: {err}') from None
 
 
+def gauge_meta_key(fid: str, batch: int, dtype: str, width: float, num_classes: int,
+                   depthwise: str) -> str:
+    """Store meta key of a gauge baseline (one per device and network configuration)."""
+    ref = space.arch_key(measure.gauge_arch())
+    return (f'gauge_baseline_ms/{fid}/{ref}/b{int(batch)}/{dtype}/w{float(width)}/'
+            f'c{int(num_classes)}/{depthwise}')
+
+
+def open_gauge(store: store_lib.LatencyStore, fid: str, *, batch: int, dtype: str, device: Any,
+               width: float, num_classes: int, depthwise: str) -> measure.Gauge:
+    """The device's :class:`measure.Gauge`, with the baseline recorded in ``store``.
+
+    The first call for a device and configuration times the reference and
+    records its baseline in the store; later calls (resumed campaigns, the
+    lookup-table build, verification runs, other processes) reuse it, so every
+    paired latency in the store is on one scale.
+    """
+    key = gauge_meta_key(fid, batch, dtype, width, num_classes, depthwise)
+    stored = store.get_meta(key)
+    gauge = measure.Gauge.build(batch,
+                                dtype,
+                                device,
+                                width=width,
+                                num_classes=num_classes,
+                                depthwise=depthwise,
+                                baseline_ms=None if stored is None else float(stored))
+    if stored is None:
+        gauge.baseline_ms = float(store.set_meta(key, repr(gauge.baseline_ms)))
+    return gauge
+
+
 @dataclasses.dataclass
 class Plan:
     """The validated, resolved campaign."""
@@ -259,12 +290,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'protocol': p.protocol.name,
     }
     start = time.monotonic()
-    compile_s, lower_s, timing_s = [], [], []
+    compile_s, lower_s, timing_s, speeds = [], [], [], []
     progress = Progress(len(pending), enabled=bool(config.progress))
     drift = None
     since_check: list[store_lib.RowKey] = []
     flagged: list[store_lib.RowKey] = []
     budget = float(config.time_budget_s)
+
+    gauge = None
+    if p.protocol.paired and pending:
+        gauge = open_gauge(store,
+                           fid,
+                           batch=p.batch_sizes[0],
+                           dtype=p.dtype,
+                           device=device,
+                           width=p.width,
+                           num_classes=p.num_classes,
+                           depthwise=p.depthwise)
+        summary['gauge'] = {'arch_key': gauge.arch_key, 'baseline_ms': gauge.baseline_ms}
+    gauges = {p.batch_sizes[0]: gauge}
+
+    def gauge_for(batch: int) -> measure.Gauge | None:
+        if gauge is not None and batch not in gauges:
+            gauges[batch] = open_gauge(store,
+                                       fid,
+                                       batch=batch,
+                                       dtype=p.dtype,
+                                       device=device,
+                                       width=p.width,
+                                       num_classes=p.num_classes,
+                                       depthwise=p.depthwise)
+        return gauges.get(batch)
 
     def measure_key(key: store_lib.RowKey) -> measure.LatencyResult:
         return measure.measure_latency(space.from_key(key.arch_key),
@@ -274,7 +330,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        p.protocol,
                                        width=p.width,
                                        num_classes=p.num_classes,
-                                       depthwise=p.depthwise)
+                                       depthwise=p.depthwise,
+                                       gauge=gauge_for(key.batch))
 
     def check_drift() -> bool:
         drifted, change = drift.check()
@@ -294,7 +351,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if budget > 0 and time.monotonic() - start > budget:
                 summary['stopped'] = 'time_budget'
                 break
-            if drift is None and int(config.drift.interval) > 0 and config.drift.action != 'none':
+            # A paired protocol corrects drift sample by sample (the gauge is the monitor).
+            if (drift is None and not p.protocol.paired and int(config.drift.interval) > 0 and
+                    config.drift.action != 'none'):
                 ref = space.sample_np(np.random.default_rng(12345), resolutions=p.resolutions[:1])
                 drift = measure.DriftMonitor(ref,
                                              p.batch_sizes[0],
@@ -312,8 +371,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             compile_s.append(result.compile_s)
             lower_s.append(result.lower_s)
             timing_s.append(result.time_s)
+            speed = result.stats.get('speed')
+            if speed is not None:
+                speeds.append(speed)
             progress.update(f'{key.arch_key[:4]} b{key.batch} {result.latency_ms:.2f}ms '
-                            f'cv {result.stats["cv"]:.2f} compile {result.compile_s:.1f}s')
+                            f'cv {result.stats["cv"]:.2f} compile {result.compile_s:.1f}s' +
+                            ('' if speed is None else f' speed {speed:.2f}'))
             if drift is not None and len(since_check) >= int(config.drift.interval):
                 check_drift()
         if drift is not None and since_check:
@@ -347,6 +410,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'compile_s_mean': float(np.mean(compile_s)) if compile_s else None,
             'lower_s_mean': float(np.mean(lower_s)) if lower_s else None,
             'timing_s_mean': float(np.mean(timing_s)) if timing_s else None,
+            # Paired protocol: machine speed vs the gauge baseline, per row.
+            'speed_quantiles':
+                ([float(v) for v in np.quantile(speeds, [0, 0.1, 0.5, 0.9, 1])] if speeds else None
+                ),
             'drift_history': drift.history if drift is not None else [],
         })
         csv_path = os.path.join(workdir, 'latency.csv')

@@ -33,6 +33,7 @@ from ofa_jax import spec as spec_lib
 from ofa_jax.latency import campaign
 from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import measure
+from ofa_jax.latency import store as store_lib
 from predictors import lut
 
 
@@ -115,7 +116,8 @@ def build_lut(resolutions: Sequence[int],
               protocol: measure.Protocol = measure.Protocol(),
               depthwise: str = 'auto',
               cache_path: str | None = None,
-              progress: bool = True) -> tuple[lut.LookupTable, dict[str, Any]]:
+              progress: bool = True,
+              gauge: measure.Gauge | None = None) -> tuple[lut.LookupTable, dict[str, Any]]:
     """Times every layer configuration and returns the table and a summary.
 
     Args:
@@ -125,6 +127,9 @@ def build_lut(resolutions: Sequence[int],
       dtype, device, protocol, depthwise: as in :func:`measure.measure_latency`.
       cache_path: JSON-lines file of finished layers (resume after a kill).
       progress: print a progress line per layer on stderr.
+      gauge: the device's reference :class:`measure.Gauge`; required when
+        ``protocol.paired`` (use the campaign's, so that layer and network
+        latencies share one scale).
 
     Returns:
       (LookupTable, summary with counts and times).
@@ -144,7 +149,8 @@ def build_lut(resolutions: Sequence[int],
                                      dtype,
                                      device,
                                      protocol,
-                                     key=key)
+                                     key=key,
+                                     gauge=gauge)
         compile_s += res.lower_s + res.compile_s
         entry = lut.LutEntry(count=len(res.samples_ms), mean=res.latency_ms, std=res.stats['std'])
         done[key] = entry
@@ -202,6 +208,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     cache = os.path.join(
         workdir, f'lut_layers-{fp["fingerprint_id"]}-b{batch}-{config.dtype}-'
         f'{depthwise}-{protocol.name}.jsonl')
+    gauge = None
+    if protocol.paired:
+        # The baseline lives in the latency store, shared with the campaigns that
+        # measure whole networks on this device: both end up on one scale.
+        store_path = config.get('store', '') or os.path.join(workdir, 'latency.sqlite')
+        try:
+            store = store_lib.LatencyStore(store_path)
+        except store_lib.StoreError as err:
+            raise campaign.ConfigError(f'config.store: {err}') from None
+        try:
+            store.add_device(fp)
+            gauge = campaign.open_gauge(store,
+                                        fp['fingerprint_id'],
+                                        batch=batch,
+                                        dtype=config.dtype,
+                                        device=device,
+                                        width=float(config.width),
+                                        num_classes=int(config.num_classes),
+                                        depthwise=depthwise)
+        finally:
+            store.close()
     table, summary = build_lut(resolutions,
                                batch=batch,
                                width=float(config.width),
@@ -211,14 +238,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                protocol=protocol,
                                depthwise=depthwise,
                                cache_path=cache,
-                               progress=bool(config.progress))
+                               progress=bool(config.progress),
+                               gauge=gauge)
     summary['paths'] = lut.save_lut(out_dir, table)
     summary.update({
-        'fingerprint': fp,
-        'protocol': protocol.to_dict(),
-        'depthwise': depthwise,
-        'batch': batch,
-        'dtype': config.dtype
+        'fingerprint':
+            fp,
+        'protocol':
+            protocol.to_dict(),
+        'depthwise':
+            depthwise,
+        'batch':
+            batch,
+        'dtype':
+            config.dtype,
+        'gauge':
+            None if gauge is None else {
+                'arch_key': gauge.arch_key,
+                'baseline_ms': gauge.baseline_ms
+            },
     })
     with open(os.path.join(out_dir, 'provenance.json'), 'w') as f:
         json.dump(summary, f, indent=1, default=str)

@@ -52,6 +52,14 @@ class Protocol:
       rounds: the samples are taken in this many rounds separated by a short
         pause; the latency is the median over rounds of each round's statistic
         (damps bursts of interference from other processes).
+      paired: time a fixed reference network (a :class:`Gauge`) right after
+        every sample and report ``sample / reference * gauge baseline``. On a
+        shared machine whose speed wanders over seconds and minutes this
+        cancels the wander: on the 2-core CI VM it cut the spread of one
+        arch's latency between two processes from 9.4% to 2.3% (median of 40
+        archs) and the error of a FLOPs-linear fit from 8-13% to 3.8%
+        (``python -m benchmarks.noise_floor``). Costs one reference call per
+        sample.
     """
 
     warmup: int = 5
@@ -63,6 +71,7 @@ class Protocol:
     trim: float = 0.2
     statistic: str = 'median'
     rounds: int = 1
+    paired: bool = False
 
     def __post_init__(self):
         if self.statistic not in STATISTICS:
@@ -76,7 +85,10 @@ class Protocol:
     @property
     def name(self) -> str:
         """Readable id that changes whenever any field changes (e.g. ``p-3f2a9c1d``)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if not self.paired:  # Unpaired protocols keep the ids they had before the field.
+            del fields['paired']
+        blob = json.dumps(fields, sort_keys=True)
         return 'p-' + hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,17 +282,33 @@ def compile_module(module: Any,
                     cost=cost_of(executable))
 
 
-def time_executable(fn: Callable[..., Any], args: tuple,
-                    protocol: Protocol) -> tuple[dict[str, float], list[float], int, float]:
+def time_executable(fn: Callable[..., Any],
+                    args: tuple,
+                    protocol: Protocol,
+                    gauge: Gauge | None = None) -> tuple[dict[str, float], list[float], int, float]:
     """Times ``fn(*args)`` under ``protocol``.
 
+    With a ``gauge`` (required when ``protocol.paired``), every sample is
+    followed by one timed call of the gauge's reference network, and each
+    sample is reported as ``sample / reference_sample * gauge.baseline_ms``:
+    a slowdown of the whole machine between or during samples scales both and
+    cancels. The stats then also hold ``raw_median`` (ms, uncorrected),
+    ``reference_median`` (ms) and ``speed`` (baseline / reference median: > 1
+    when the machine ran faster than when the baseline was taken).
+
     Returns:
-      (stats in ms with the chosen ``latency`` added, samples in ms, calls per
-      sample, wall seconds spent timing).
+      (stats in ms with the chosen ``latency`` added, samples in ms (corrected
+      when paired), calls per sample, wall seconds spent timing).
     """
+    if protocol.paired and gauge is None:
+        raise ValueError('protocol.paired: a Gauge (reference network) is needed to time '
+                         'paired samples; build one with measure.Gauge.build or set '
+                         'protocol.paired=False')
     start = time.perf_counter()
     for _ in range(protocol.warmup):
         jax.block_until_ready(fn(*args))
+        if gauge is not None:
+            gauge.call()
     number = protocol.number
     if number <= 0:
         t0 = time.perf_counter()
@@ -291,6 +319,8 @@ def time_executable(fn: Callable[..., Any], args: tuple,
     round_time = protocol.min_time / protocol.rounds
     deadline = start + protocol.max_time
     samples: list[float] = []
+    raw: list[float] = []
+    refs: list[float] = []
     round_values: list[float] = []
     for r in range(protocol.rounds):
         if r:
@@ -302,7 +332,13 @@ def time_executable(fn: Callable[..., Any], args: tuple,
             for _ in range(number):
                 out = fn(*args)
             jax.block_until_ready(out)
-            these.append((time.perf_counter() - t0) * 1e3 / number)
+            ms = (time.perf_counter() - t0) * 1e3 / number
+            raw.append(ms)
+            if gauge is not None:
+                ref = gauge.call()
+                refs.append(ref)
+                ms = ms / ref * gauge.baseline_ms
+            these.append(ms)
             now = time.perf_counter()
             enough = len(these) >= per_round and now - round_start >= round_time
             if enough or (now > deadline and len(samples) + len(these) >= 3):
@@ -314,7 +350,92 @@ def time_executable(fn: Callable[..., Any], args: tuple,
     stats = robust_stats(samples, protocol.trim)
     stats['latency'] = float(
         np.median(round_values)) if protocol.rounds > 1 else stats[protocol.statistic]
+    if gauge is not None:
+        stats['raw_median'] = float(np.median(raw))
+        stats['reference_median'] = float(np.median(refs))
+        stats['speed'] = gauge.baseline_ms / stats['reference_median']
     return stats, samples, number, time.perf_counter() - start
+
+
+# The gauge's reference network: one fixed sub-network (a seeded random arch at
+# resolution 128), the same for every campaign and lookup table of a device, so
+# their corrected latencies share one scale.
+GAUGE_SEED = 12345
+GAUGE_RESOLUTION = 128
+# Protocol of a gauge's baseline: long enough that its median is stable.
+BASELINE_PROTOCOL = Protocol(warmup=5, repeats=60, min_time=2.0, max_time=20.0, number=1)
+
+
+def gauge_arch() -> space.Arch:
+    """The gauge's reference sub-network (fixed; see ``GAUGE_SEED``)."""
+    return space.sample_np(np.random.default_rng(GAUGE_SEED), resolutions=(GAUGE_RESOLUTION,))
+
+
+@dataclasses.dataclass
+class Gauge:
+    """A reference network timed next to every sample of a paired protocol.
+
+    ``baseline_ms`` fixes the scale: a paired latency is what the measured
+    program would take when the reference takes ``baseline_ms``. Keep one
+    baseline per device and configuration (``campaign.open_gauge`` stores it
+    in the latency store) so that resumed campaigns, lookup tables and
+    verification runs in other processes agree.
+
+    Attributes:
+      compiled: the reference network, compiled for the device.
+      baseline_ms: the reference's latency that defines the scale.
+      arch_key: the reference's arch key.
+      number: reference calls per reference sample.
+    """
+
+    compiled: Compiled
+    baseline_ms: float
+    arch_key: str
+    number: int = 1
+
+    @classmethod
+    def build(cls,
+              batch: int,
+              dtype: str,
+              device: Any,
+              *,
+              width: float = 1.2,
+              num_classes: int = 1000,
+              depthwise: str = 'auto',
+              baseline_ms: float | None = None,
+              arch: space.Arch | None = None) -> 'Gauge':
+        """Compiles the reference (``gauge_arch()`` by default); times a baseline if none given."""
+        arch = gauge_arch() if arch is None else arch
+        r = int(np.asarray(arch.resolution))
+        model = build_network(space.to_numpy(arch),
+                              width,
+                              num_classes=num_classes,
+                              depthwise=depthwise)
+        compiled = compile_module(model, (int(batch), r, r, 3), dtype, device)
+        gauge = cls(compiled, 1.0, space.arch_key(arch))
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled.executable(*compiled.args))
+        one = max(time.perf_counter() - t0, 1e-7)
+        gauge.number = max(1, int(np.ceil(BASELINE_PROTOCOL.min_sample / one)))
+        if baseline_ms is None:
+            baseline_ms = gauge.measure_baseline()
+        gauge.baseline_ms = float(baseline_ms)
+        return gauge
+
+    def call(self) -> float:
+        """Runs the reference ``number`` times; returns ms per call."""
+        ex, args = self.compiled.executable, self.compiled.args
+        t0 = time.perf_counter()
+        for _ in range(self.number):
+            out = ex(*args)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) * 1e3 / self.number
+
+    def measure_baseline(self, protocol: Protocol = BASELINE_PROTOCOL) -> float:
+        """Times the reference alone (unpaired) and returns its latency in ms."""
+        stats, _, _, _ = time_executable(self.compiled.executable, self.compiled.args,
+                                         dataclasses.replace(protocol, paired=False))
+        return float(stats['latency'])
 
 
 def measure_module(module: Any,
@@ -323,12 +444,17 @@ def measure_module(module: Any,
                    device: Any = None,
                    protocol: Protocol = Protocol(),
                    *,
-                   key: str = '') -> LatencyResult:
-    """Compiles and times any Flax module (used for single layers by the LUT builder)."""
+                   key: str = '',
+                   gauge: Gauge | None = None) -> LatencyResult:
+    """Compiles and times any Flax module (used for single layers by the LUT builder).
+
+    ``gauge`` is required when ``protocol.paired`` (see :func:`time_executable`).
+    """
     started = _now()
     dev = fp_lib.resolve_device(device)
     compiled = compile_module(module, input_shape, dtype, dev)
-    stats, samples, number, time_s = time_executable(compiled.executable, compiled.args, protocol)
+    stats, samples, number, time_s = time_executable(compiled.executable, compiled.args, protocol,
+                                                     gauge)
     return LatencyResult(arch_key=key,
                          batch=int(input_shape[0]),
                          dtype=dtype,
@@ -365,7 +491,8 @@ def measure_latency(arch: space.Arch,
                     *,
                     width: float = 1.2,
                     num_classes: int = 1000,
-                    depthwise: str = 'auto') -> LatencyResult:
+                    depthwise: str = 'auto',
+                    gauge: Gauge | None = None) -> LatencyResult:
     """Builds, AOT-compiles and times the static sub-network of one architecture.
 
     Args:
@@ -377,6 +504,7 @@ def measure_latency(arch: space.Arch,
       width: supernet width multiplier (1.0 or 1.2).
       num_classes: classifier size (1000 for ImageNet; small in tests).
       depthwise: depthwise-conv implementation passed to ``build_subnet``.
+      gauge: the reference :class:`Gauge`; required when ``protocol.paired``.
 
     Returns:
       a :class:`LatencyResult`; ``latency_ms`` is the protocol's statistic.
@@ -386,7 +514,12 @@ def measure_latency(arch: space.Arch,
     key = space.arch_key(arch)
     r = int(np.asarray(arch.resolution))
     model = build_network(space.to_numpy(arch), width, num_classes=num_classes, depthwise=depthwise)
-    result = measure_module(model, (int(batch), r, r, 3), dtype, device, protocol, key=key)
+    result = measure_module(model, (int(batch), r, r, 3),
+                            dtype,
+                            device,
+                            protocol,
+                            key=key,
+                            gauge=gauge)
     result.extra.update({'width': float(width), 'num_classes': int(num_classes)})
     return result
 

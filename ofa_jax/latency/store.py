@@ -182,6 +182,28 @@ class LatencyStore:
     def __len__(self) -> int:
         return int(self._conn.execute('SELECT count(*) FROM measurements').fetchone()[0])
 
+    # -- meta ----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's key-value table (None when absent)."""
+        row = self._conn.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_items(self, prefix: str = '') -> list[tuple[str, str]]:
+        """(key, value) pairs of the key-value table whose key starts with ``prefix``."""
+        rows = self._conn.execute('SELECT key, value FROM meta ORDER BY key').fetchall()
+        return [(str(k), str(v)) for k, v in rows if str(k).startswith(prefix)]
+
+    def set_meta(self, key: str, value: str, *, overwrite: bool = False) -> str:
+        """Sets a value (kept if present unless ``overwrite``); returns the value in force.
+
+        Without ``overwrite`` the first writer wins, so concurrent campaigns that
+        race to record, e.g., a gauge baseline end up sharing one.
+        """
+        verb = 'INSERT OR REPLACE' if overwrite else 'INSERT OR IGNORE'
+        self._conn.execute(f'{verb} INTO meta VALUES (?, ?)', (key, str(value)))
+        return self.get_meta(key)
+
     # -- devices -------------------------------------------------------------
 
     def add_device(self, fingerprint: dict[str, Any]) -> str:
