@@ -117,6 +117,25 @@ class ConfigTest(parameterized.TestCase):
         self.assertIn('resolutions', lines[0])
 
 
+class ProgressTest(absltest.TestCase):
+
+    def test_eta_respects_the_time_budget(self):
+        import contextlib
+        import io
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            bar = campaign.Progress(1000, time_budget_s=60.0)
+            bar.start -= 6.0  # One item took 6 s: 999 more would take ~100 min.
+            bar.update('x')
+            open_ended = campaign.Progress(1000)
+            open_ended.start -= 6.0
+            open_ended.update('y')
+        budgeted, plain = err.getvalue().splitlines()
+        self.assertIn('1/1000', budgeted)
+        self.assertRegex(budgeted, r'ETA 0\.9m \(budget\)')
+        self.assertRegex(plain, r'ETA 99\.\dm y')
+
+
 class DriftTest(absltest.TestCase):
 
     def test_reference_drift_flags_rows(self):

@@ -252,3 +252,24 @@ class ExperimentTest(absltest.TestCase):
             space.from_ofa_dict(row['arch'])
         self.assertEqual(saved['resolutions'], list(range(160, 225, 4)))
         self.assertGreater(saved['search_seconds'], 0.0)
+
+    @absltest.skipUnless(os.path.isdir(_LUT_DIR), 'Note10 LUT not present')
+    def test_verify_with_a_store_uses_its_gauge(self):
+        from ofa_jax.latency import store as store_lib
+        from ofa_jax.search import experiment
+        tmp = self.create_tempdir().full_path
+        store_path = os.path.join(tmp, 'lat.sqlite')
+        with store_lib.LatencyStore(store_path) as store:
+            self.assertEqual(store.meta_items('gauge_baseline_ms/'), [])
+        out = experiment.run(
+            self._config(latency=_LUT_DIR,
+                         budgets_ms='15',
+                         resolutions='160',
+                         verify=True,
+                         verify_store=store_path), tmp)
+        (row,) = out['results']
+        self.assertEqual(row['measured_protocol'], 'paired')
+        self.assertGreater(row['measured_ms'], 0.0)
+        self.assertAlmostEqual(row['measured_over_budget'], row['measured_ms'] / 15.0, places=5)
+        with store_lib.LatencyStore(store_path) as store:
+            self.assertLen(store.meta_items('gauge_baseline_ms/'), 1)  # Recorded for reuse.

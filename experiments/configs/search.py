@@ -29,4 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
             max_tries=4,  # redraws of an infeasible child before it falls back to its parent
             verify=False,  # measure found archs on this device
             verify_batch=1,
+            # A latency store: verify with its gauge baseline (paired protocol), the scale
+            # of predictors trained on it. '' = plain, unpaired measurement.
+            verify_store='',
         ))

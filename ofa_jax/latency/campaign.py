@@ -198,11 +198,16 @@ def set_affinity(spec: str) -> list[int]:
 
 
 class Progress:
-    """Plain-text progress line on stderr: done/total, rate, ETA, last latency."""
+    """Plain-text progress line on stderr: done/total, rate, ETA, last latency.
 
-    def __init__(self, total: int, enabled: bool = True):
+    With ``time_budget_s`` (> 0) the ETA is the earlier of the end of the work
+    and the end of the budget, and says which (``ETA 4.2m (budget)``).
+    """
+
+    def __init__(self, total: int, enabled: bool = True, time_budget_s: float = 0.0):
         self.total = max(total, 1)
         self.enabled = enabled
+        self.time_budget_s = float(time_budget_s)
         self.start = time.monotonic()
         self.done = 0
         self.tty = sys.stderr.isatty()
@@ -215,6 +220,8 @@ class Progress:
         rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
         eta = (self.total - self.done) / (rate / 60) if rate > 0 else float('inf')
         eta_s = f'{eta / 60:.1f}m' if np.isfinite(eta) else '?'
+        if self.time_budget_s > 0 and self.time_budget_s - elapsed < eta:
+            eta_s = f'{max(self.time_budget_s - elapsed, 0.0) / 60:.1f}m (budget)'
         bar = '#' * int(20 * self.done / self.total)
         line = (f'[{bar:<20}] {self.done}/{self.total} {100 * self.done / self.total:5.1f}% '
                 f'{rate:.1f}/min ETA {eta_s} {note}')
@@ -291,7 +298,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     }
     start = time.monotonic()
     compile_s, lower_s, timing_s, speeds = [], [], [], []
-    progress = Progress(len(pending), enabled=bool(config.progress))
+    progress = Progress(len(pending),
+                        enabled=bool(config.progress),
+                        time_budget_s=float(config.time_budget_s))
     drift = None
     since_check: list[store_lib.RowKey] = []
     flagged: list[store_lib.RowKey] = []

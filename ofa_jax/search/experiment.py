@@ -181,13 +181,48 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def _verify(results: list[dict[str, Any]], config: ml_collections.ConfigDict) -> None:
-    """Measures every found arch on this device (ofa_jax.latency.measure)."""
+    """Measures every found arch on this device (ofa_jax.latency.measure).
+
+    With ``config.verify_store`` the measurement uses the paired protocol with
+    that store's gauge baseline, i.e. the scale of the measurements a
+    predictor from that store was trained on; otherwise it is a plain
+    (unpaired) measurement.
+    """
+    from ofa_jax import depthwise as dw
+    from ofa_jax.latency import campaign
+    from ofa_jax.latency import fingerprint as fp_lib
     from ofa_jax.latency import measure
+    from ofa_jax.latency import store as store_lib
+    batch = int(config.verify_batch)
+    protocol, gauge = measure.Protocol(), None
+    if config.get('verify_store', ''):
+        try:
+            store = store_lib.LatencyStore(config.verify_store)
+        except store_lib.StoreError as err:
+            raise ConfigError(f'config.verify_store: {err}') from None
+        device = fp_lib.resolve_device(None)
+        fp = fp_lib.fingerprint(device, microbenchmarks=False)
+        with store:
+            store.add_device(fp)
+            gauge = campaign.open_gauge(store,
+                                        fp['fingerprint_id'],
+                                        batch=batch,
+                                        dtype='float32',
+                                        device=device,
+                                        width=float(config.width),
+                                        num_classes=1000,
+                                        depthwise=dw.default_depthwise(device.platform))
+        protocol = measure.Protocol(paired=True)
     for row in results:
         arch = space.from_ofa_dict(row['arch'])
-        m = measure.measure_latency(arch, batch=int(config.verify_batch), width=config.width)
+        m = measure.measure_latency(arch,
+                                    batch=batch,
+                                    protocol=protocol,
+                                    width=config.width,
+                                    gauge=gauge)
         row['measured_ms'] = float(m.latency_ms)
         row['measured_over_budget'] = float(m.latency_ms) / row['budget_ms']
+        row['measured_protocol'] = 'paired' if gauge is not None else 'plain'
 
 
 def _print_table(out: dict[str, Any]) -> None:
