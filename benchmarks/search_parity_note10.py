@@ -42,6 +42,8 @@ OFA_REFERENCE = {15.0: 0.7843, 20.0: 0.8068, 25.0: 0.8144, 30.0: 0.8274, 35.0: 0
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'evolution seeds per budget (one vmapped call)')
 _RANDOM_SEEDS = flags.DEFINE_integer('random_seeds', 1,
                                      'random-search seeds per budget (0 to skip)')
+_CANDIDATES = flags.DEFINE_float('candidate_ratio', 1.25, 'EvoParams.candidate_ratio')
+_PRNG = flags.DEFINE_string('prng_impl', 'rbg', 'EvoParams.prng_impl')
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),
                            'output folder')
 
@@ -56,7 +58,9 @@ def main(argv):
     resolutions = search.OFA_FINDER_RESOLUTIONS
     table = lut_lib.load_lut(lut_dir, resolutions=resolutions)
     acc = accuracy.load_ofa_pth(pth)
-    params = search.make_params(resolutions=resolutions)
+    params = search.make_params(resolutions=resolutions,
+                                candidate_ratio=_CANDIDATES.value,
+                                prng_impl=_PRNG.value)
     budgets = list(OFA_REFERENCE)
     seeds, flat = search.grid(budgets, range(_SEEDS.value))
 
@@ -121,7 +125,9 @@ def main(argv):
         'params': {
             'population_size': params.population_size,
             'num_generations': params.num_generations,
-            'max_tries': params.max_tries
+            'max_tries': params.max_tries,
+            'candidate_ratio': params.candidate_ratio,
+            'prng_impl': params.prng_impl,
         },
         'seconds_all_searches': t2 - t1,
         'num_searches': n,

@@ -12,7 +12,7 @@ predictor). Targets: one search < 1 s, 15 searches in one call < 5 s.
 Run (from the repository root; rerun on a quiet machine for final numbers;
 ``taskset -c 0`` pins to one core)::
 
-    python -m benchmarks.search_speed [--repeats=3] [--max_tries=4]
+    python -m benchmarks.search_speed [--repeats=5] [--candidate_ratio=1.25] [--prng_impl=rbg]
 
 Writes benchmarks/results/search_speed.json.
 """
@@ -35,8 +35,10 @@ from ofa_jax import space
 from ofa_jax import search
 from predictors import accuracy
 
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'timed runs per case (median reported)')
-_MAX_TRIES = flags.DEFINE_integer('max_tries', 4, 'EvoParams.max_tries')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'timed runs per case (median reported)')
+_MAX_TRIES = flags.DEFINE_integer('max_tries', 4, 'EvoParams.max_tries (candidate_ratio=0)')
+_CANDIDATES = flags.DEFINE_float('candidate_ratio', 1.25, 'EvoParams.candidate_ratio')
+_PRNG = flags.DEFINE_string('prng_impl', 'rbg', 'EvoParams.prng_impl')
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),
                            'output folder')
 
@@ -70,7 +72,9 @@ def main(argv):
     del argv
     acc = accuracy.init_predictor(jax.random.key(0))
     lat = _latency_mlp(jax.random.key(1))
-    params = search.make_params(max_tries=_MAX_TRIES.value)
+    params = search.make_params(max_tries=_MAX_TRIES.value,
+                                candidate_ratio=_CANDIDATES.value,
+                                prng_impl=_PRNG.value)
     sample = space.sample(jax.random.key(2), (10000,), resolutions=params.resolutions)
     q = np.quantile(np.asarray(lat(sample)), [0.02, 0.1, 0.3, 0.6, 0.9])
     budgets = [float(round(v, 2)) for v in q]
@@ -88,7 +92,8 @@ def main(argv):
         ('1 search (100 x 500)', t_one, c_one, 1.0, 9.0, cpu_one),
         ('15 searches (5 budgets x 3 seeds), one call', t_15, c_15, 5.0, 15 * 9.0, cpu_15),
     ]
-    print(f'\nSearch speed, MLP accuracy + MLP latency predictors, max_tries={_MAX_TRIES.value}, '
+    print(f'\nSearch speed, MLP accuracy + MLP latency predictors, candidate_ratio='
+          f'{_CANDIDATES.value}, max_tries={_MAX_TRIES.value}, prng {_PRNG.value}, '
           f'{os.cpu_count()} CPUs, load average {load[0]:.1f}, jax {jax.__version__}')
     print(f'{"case":<46} {"wall s":>8} {"CPU s":>7} {"compile":>8} {"target":>7} {"met":>4} '
           f'{"OFA (>=9 s/search)":>18}')
@@ -113,6 +118,8 @@ def main(argv):
                 'budgets_ms': budgets,
                 'all_feasible': ok,
                 'max_tries': _MAX_TRIES.value,
+                'candidate_ratio': _CANDIDATES.value,
+                'prng_impl': _PRNG.value,
                 'load_average': load,
                 'cpus': os.cpu_count(),
                 'jax': jax.__version__,

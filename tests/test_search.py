@@ -3,6 +3,7 @@
 import os
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp
@@ -91,22 +92,25 @@ class OperatorsTest(absltest.TestCase):
             search.make_params(resolutions=(161,))
 
 
-class EvolveTest(absltest.TestCase):
+class EvolveTest(parameterized.TestCase):
 
-    def test_ask_tell_shapes_and_feasibility(self):
+    @parameterized.named_parameters(('candidates', 1.5), ('redraw', 0.0))
+    def test_ask_tell_shapes_and_feasibility(self, ratio):
+        import dataclasses
+        params = dataclasses.replace(SMALL_PARAMS, candidate_ratio=ratio)
         budget = SMALLEST + 0.3 * (LARGEST - SMALLEST)
         cons = lambda a: latency(a) <= budget
 
         @jax.jit
         def one_generation(key):
             k0, k1 = jax.random.split(key)
-            state = evolution.init(k0, SMALL_PARAMS, objective, cons)
-            children, ok = evolution.ask(k1, state, SMALL_PARAMS, cons)
+            state = evolution.init(k0, params, objective, cons)
+            children, ok = evolution.ask(k1, state, params, cons)
             fit = objective(space.canonicalize(children))
-            return state, children, ok, evolution.tell(children, fit, ok, state, SMALL_PARAMS)
+            return state, children, ok, evolution.tell(children, fit, ok, state, params)
 
         state, children, ok, new = one_generation(jax.random.key(0))
-        self.assertEqual(state.parents.kernel.shape, (SMALL_PARAMS.num_parents, 20))
+        self.assertEqual(state.parents.kernel.shape, (params.num_parents, 20))
         self.assertTrue(bool(state.feasible.all()))
         self.assertEqual(children.depth.shape, (32, 5))
         self.assertTrue(bool(ok.all()))
@@ -114,6 +118,16 @@ class EvolveTest(absltest.TestCase):
         self.assertGreaterEqual(float(new.fitness[0]), float(state.fitness[0]))
         self.assertTrue(bool(jnp.all(new.fitness[:-1] >= new.fitness[1:])))
         self.assertEqual(int(new.generation), 1)
+        # Most children are new sub-networks, not copies of their parents.
+        parents = {
+            space.arch_key(a)
+            for a in space.unstack(space.to_numpy(space.canonicalize(state.parents)))
+        }
+        fresh = [
+            space.arch_key(a) not in parents
+            for a in space.unstack(space.to_numpy(space.canonicalize(children)))
+        ]
+        self.assertGreater(np.mean(fresh), 0.5)
 
     def test_feasible_all_budgets_impossible_flagged_compiles_once(self):
         evo, _ = _searches()

@@ -26,7 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
             parent_ratio=0.25,
             mutation_ratio=0.5,
             mutate_prob=0.1,
-            max_tries=4,  # redraws of an infeasible child before it falls back to its parent
+            # Candidates drawn per child slot and generation, checked in one batch; 0 =
+            # redraw each infeasible child up to max_tries times, as OFA does.
+            candidate_ratio=1.25,
+            max_tries=4,  # candidate_ratio=0: redraws before a child falls back to its parent
+            prng_impl='rbg',  # or 'threefry2x32' (JAX's default)
             verify=False,  # measure found archs on this device
             verify_batch=1,
             # A latency store: verify with its gauge baseline (paired protocol), the scale

@@ -112,7 +112,7 @@ def make_limit_search(params: evolution.EvoParams | baseline.RandomParams,
                                             evolution.EvoParams) else (baseline.random_search)
 
     def one(seed, limits):
-        return method(jax.random.key(seed), params, objective, constraint_for(limits))
+        return method(evolution.search_key(seed, params), params, objective, constraint_for(limits))
 
     def search(seeds, limits):
         return jax.vmap(one)(jnp.asarray(seeds, jnp.int32), limits)

@@ -24,10 +24,13 @@ Infeasible candidates are handled inside the jitted step:
   probability that rises to 1 over ``init_rounds`` rounds; the last round is the
   smallest sub-network at the smallest searched resolution, so a slot stays
   infeasible only if that network is infeasible too;
-* each child (mutant or crossover) is drawn up to ``max_tries`` times until it
-  is feasible (retries redraw only the infeasible slots, ``retry_size`` at a
-  time), and otherwise replaced by a copy of its first parent, which is
-  feasible; OFA redraws without bound;
+* by default each generation draws 1.25x as many candidates as it needs
+  (mutants and crossovers in OFA's proportions), checks them in one batch and
+  keeps the feasible ones; with ``candidate_ratio=0`` each child is instead
+  drawn up to ``max_tries`` times until it is feasible (retries redraw only
+  the infeasible slots, ``retry_size`` at a time), as OFA does without bound.
+  Either way a slot left without a feasible child gets a copy of its first
+  parent, which is feasible;
 * selection keeps distinct sub-networks only, so such copies (and any
   duplicate child) never crowd the parent pool.
 
@@ -52,6 +55,12 @@ Constraint = Callable[[space.Arch], jax.Array]
 # OFA's tutorial EvolutionFinder searches these resolutions (its arch manager),
 # matching the public Note10 lookup tables; the full space is space.RESOLUTIONS.
 OFA_FINDER_RESOLUTIONS = (160, 176, 192, 208, 224)
+PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
+
+
+def search_key(seed: jax.Array, params: Any) -> jax.Array:
+    """The PRNG key of one search: ``params.prng_impl`` (threefry if absent)."""
+    return jax.random.key(seed, impl=getattr(params, 'prng_impl', 'threefry2x32'))
 
 
 @flax.struct.dataclass
@@ -75,6 +84,13 @@ class EvoParams:
         evaluations instead of a whole population's.
       init_rounds: redraw rounds, shrinking toward the smallest arch, that
         build the feasible first population (static).
+      num_candidates: 0 (default) redraws infeasible children as described
+        by ``max_tries``/``retry_size``. A value C >= population_size instead
+        draws C candidates at once (the same mutant/crossover mix), checks
+        them in one batch and keeps ``population_size`` feasible ones in random
+        order (parents' copies fill any shortfall): one constraint batch of C
+        rows per generation, no loop, so it is the faster choice when the
+        constraint is as costly as the objective (an MLP latency predictor).
     """
 
     mutate_prob: Any = 0.1
@@ -87,6 +103,8 @@ class EvoParams:
     max_tries: int = flax.struct.field(pytree_node=False, default=4)
     retry_size: int = flax.struct.field(pytree_node=False, default=0)
     init_rounds: int = flax.struct.field(pytree_node=False, default=20)
+    candidate_ratio: float = flax.struct.field(pytree_node=False, default=1.25)
+    prng_impl: str = flax.struct.field(pytree_node=False, default='rbg')
 
     @property
     def num_parents(self) -> int:
@@ -103,6 +121,13 @@ class EvoParams:
         """Children redrawn per retry."""
         size = self.retry_size or max(1, self.population_size // 4)
         return min(size, self.population_size)
+
+    @property
+    def num_candidates(self) -> int:
+        """Candidates drawn per generation (0: redraw mode, see ``candidate_ratio``)."""
+        if not self.candidate_ratio:
+            return 0
+        return max(self.population_size, int(round(self.candidate_ratio * self.population_size)))
 
     @property
     def num_evaluations(self) -> int:
@@ -122,6 +147,8 @@ def make_params(*, resolutions: Sequence[int] = OFA_FINDER_RESOLUTIONS, **kwargs
         'max_tries': params.max_tries >= 1,
         'retry_size': params.retry_size >= 0,
         'init_rounds': params.init_rounds >= 1,
+        'candidate_ratio': params.candidate_ratio == 0 or params.candidate_ratio >= 1,
+        'prng_impl': params.prng_impl in PRNG_IMPLS,
     }
     for name, ok in checks.items():
         if not ok:
@@ -397,6 +424,8 @@ def ask(key: jax.Array, state: EvoState, params: EvoParams,
     Returns:
       (children Arch[population_size] as genomes, feasible bool[population_size]).
     """
+    if params.num_candidates:
+        return _ask_oversampled(key, state, params, constraint)
     num_p, num_m = params.num_parents, params.num_mutants
     num_c = params.population_size - num_m
     km, k1, k2, kp = jax.random.split(key, 4)
@@ -417,6 +446,28 @@ def ask(key: jax.Array, state: EvoState, params: EvoParams,
     fallback_ok = state.feasible[jnp.concatenate([im, i1])]
     return resample_until_feasible(kp, propose, params.population_size, base_a, fallback_ok,
                                    constraint, params.max_tries, params.num_retry)
+
+
+def _ask_oversampled(key: jax.Array, state: EvoState, params: EvoParams,
+                     constraint: Constraint) -> tuple[space.Arch, jax.Array]:
+    """``ask`` with ``num_candidates``: one batch of candidates, feasible ones kept."""
+    num_p, total, n = params.num_parents, params.num_candidates, params.population_size
+    num_m = int(round(total * params.mutation_ratio))
+    km, k1, k2, kmut, kx, ko = jax.random.split(key, 6)
+    im = jax.random.randint(km, (num_m,), 0, num_p)
+    i1 = jax.random.randint(k1, (total - num_m,), 0, num_p)
+    i2 = jax.random.randint(k2, (total - num_m,), 0, num_p)
+    base_a = state.parents[jnp.concatenate([im, i1])]
+    base_b = state.parents[jnp.concatenate([im, i2])]
+    mutant = mutate(kmut, base_a, params.mutate_prob, params.resolutions)
+    cross = crossover(kx, base_a, base_b)
+    cand = _where(jnp.arange(total) < num_m, mutant, cross)
+    ok = _check(constraint, cand)
+    # Feasible candidates first, in random order (keeps the mutant/crossover mix).
+    order = jnp.argsort(jnp.where(ok, 0.0, 1.0) + 0.5 * jax.random.uniform(ko, (total,)))[:n]
+    keep = ok[order]
+    fallback_ok = state.feasible[jnp.concatenate([im, i1])][order]
+    return _where(keep, cand[order], base_a[order]), keep | fallback_ok
 
 
 def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: EvoState,

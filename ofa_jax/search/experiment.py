@@ -130,7 +130,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        mutate_prob=float(config.mutate_prob),
                                        parent_ratio=float(config.parent_ratio),
                                        mutation_ratio=float(config.mutation_ratio),
-                                       max_tries=int(config.max_tries))
+                                       max_tries=int(config.max_tries),
+                                       candidate_ratio=float(config.get('candidate_ratio', 1.25)),
+                                       prng_impl=str(config.get('prng_impl', 'rbg')))
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

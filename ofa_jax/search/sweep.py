@@ -83,7 +83,7 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
                 ok = ok & jnp.asarray(extra_constraint(archs), bool)
             return ok
 
-        res = method(jax.random.key(seed), params, objective, constraint)
+        res = method(evolution.search_key(seed, params), params, objective, constraint)
         latency = jnp.asarray(latency_fn(jax.tree_util.tree_map(lambda x: x[None], res.arch)))[0]
         return BudgetResults(budget=jnp.asarray(budget, jnp.float32),
                              seed=jnp.asarray(seed, jnp.int32),
