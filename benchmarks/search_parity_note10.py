@@ -44,6 +44,8 @@ _RANDOM_SEEDS = flags.DEFINE_integer('random_seeds', 1,
                                      'random-search seeds per budget (0 to skip)')
 _CANDIDATES = flags.DEFINE_float('candidate_ratio', 1.25, 'EvoParams.candidate_ratio')
 _PRNG = flags.DEFINE_string('prng_impl', 'rbg', 'EvoParams.prng_impl')
+_PRECISION = flags.DEFINE_string('precision', 'float32',
+                                 "accuracy predictor's scoring precision in the loop")
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),
                            'output folder')
 
@@ -64,7 +66,13 @@ def main(argv):
     budgets = list(OFA_REFERENCE)
     seeds, flat = search.grid(budgets, range(_SEEDS.value))
 
-    evo = search.make_budget_search(params, acc, table.predict)
+    if _PRECISION.value == 'float32':
+        evo = search.make_budget_search(params, acc, table.predict)
+    else:  # Fast accuracy scoring in the loop; the final parents re-ranked in float32.
+        evo = search.make_budget_search(params,
+                                        acc.with_precision(_PRECISION.value),
+                                        table.predict,
+                                        exact_objective=acc)
     t0 = time.perf_counter()
     jax.block_until_ready(evo(seeds, flat))
     t1 = time.perf_counter()
@@ -128,6 +136,7 @@ def main(argv):
             'max_tries': params.max_tries,
             'candidate_ratio': params.candidate_ratio,
             'prng_impl': params.prng_impl,
+            'precision': _PRECISION.value,
         },
         'seconds_all_searches': t2 - t1,
         'num_searches': n,

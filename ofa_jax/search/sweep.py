@@ -51,6 +51,8 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
                        latency_fn: LatencyFn,
                        *,
                        extra_constraint: Optional[evolution.Constraint] = None,
+                       exact_objective: Optional[evolution.Objective] = None,
+                       exact_latency_fn: Optional[LatencyFn] = None,
                        jit: bool = True) -> Callable[[jax.Array, jax.Array], BudgetResults]:
     """One jitted function searching all (seed, budget) pairs at once.
 
@@ -61,6 +63,12 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
       latency_fn: ``archs -> float32[n]`` latency in ms (LUT, predictor, ...).
       extra_constraint: optional ``archs -> bool[n]`` also required (e.g.
         MACs or parameter bounds; see :mod:`ofa_jax.search.constraints`).
+      exact_objective, exact_latency_fn: when ``objective``/``latency_fn``
+        are fast approximations (e.g. ``predictor.with_precision('bfloat16')``),
+        the exact versions: the final parents of each evolutionary search are
+        re-ranked with them (:func:`evolution.refine`), so the returned arch,
+        objective and latency are exact and the arch meets the budget under
+        the exact estimator.
       jit: False returns the function unjitted (to wrap it, e.g. in
         ``chex.assert_max_traces``, before jitting).
 
@@ -77,14 +85,25 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
 
     def one(seed, budget):
 
-        def constraint(archs):
-            ok = jnp.asarray(latency_fn(archs)) <= budget
-            if extra_constraint is not None:
-                ok = ok & jnp.asarray(extra_constraint(archs), bool)
-            return ok
+        def under_budget(fn):
 
-        res = method(evolution.search_key(seed, params), params, objective, constraint)
-        latency = jnp.asarray(latency_fn(jax.tree_util.tree_map(lambda x: x[None], res.arch)))[0]
+            def constraint(archs):
+                ok = jnp.asarray(fn(archs)) <= budget
+                if extra_constraint is not None:
+                    ok = ok & jnp.asarray(extra_constraint(archs), bool)
+                return ok
+
+            return constraint
+
+        res = method(evolution.search_key(seed, params), params, objective,
+                     under_budget(latency_fn))
+        report_latency = exact_latency_fn or latency_fn
+        if method is evolution.evolve and (exact_objective is not None or
+                                           exact_latency_fn is not None):
+            res = evolution.refine(res, objective if exact_objective is None else exact_objective,
+                                   under_budget(report_latency))
+        latency = jnp.asarray(report_latency(jax.tree_util.tree_map(lambda x: x[None],
+                                                                    res.arch)))[0]
         return BudgetResults(budget=jnp.asarray(budget, jnp.float32),
                              seed=jnp.asarray(seed, jnp.int32),
                              arch=res.arch,
