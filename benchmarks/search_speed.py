@@ -1,22 +1,30 @@
 """Search speed: a full default search (100 x 500) and 5 budgets x 3 seeds in one call.
 
-Both the objective and the constraint are 128-400-400-400-1 Flax MLPs on OFA's
-one-hot encoding (random init: an accuracy MLP in OFA's form, and a latency
-MLP whose output is mapped to a positive ms range), i.e. the cost of a search
-with learned accuracy and latency predictors. Timings exclude compilation
-(AOT ``lower().compile()`` first), synchronise with ``block_until_ready`` and
-report the median of ``--repeats`` runs. Each case runs twice: with float32
-predictors, and with bfloat16 scoring (multiplies in bfloat16, float32
-accumulation) inside the loop and the final parents re-ranked with the
-float32 predictors (``make_budget_search(exact_objective=...,
-exact_latency_fn=...)``), so returned archs meet the float32 budget. OFA's
-tutorial EvolutionFinder takes 9-20 s per search on this 2-core machine
-(Note10 LUT + its accuracy predictor). Targets: one search < 1 s, 15 searches in one call < 5 s.
+Objective and constraint are 128-400-400-400-1 MLPs on OFA's one-hot encoding,
+i.e. the cost of a search with learned accuracy and latency predictors, in two
+cases (``--predictors``):
+
+* ``random``: random-init MLPs (an accuracy MLP in OFA's form, and a latency
+  MLP mapped to 5..45 ms); needs no data, but its landscape is unlike a real
+  predictor's: the population converges less, so fewer children are copies
+  (which the search never scores, ``EvoParams.score_chunk``);
+* ``trained``: OFA's published accuracy predictor and the paper's latency MLP
+  fit on Note10-LUT latencies of 3,000 random archs (needs
+  ../shared/data/external; skipped when absent).
+
+Timings exclude compilation (AOT ``lower().compile()`` first), synchronise
+with ``block_until_ready`` and report the median of ``--repeats`` runs.
+``--precisions=float32,bfloat16`` also times the random MLPs with bfloat16
+scoring inside the loop and the final parents re-ranked in float32
+(``make_budget_search(exact_objective=..., exact_latency_fn=...)``), which
+pays only on CPUs with bfloat16 units (AVX512-BF16/AMX). OFA's tutorial
+EvolutionFinder takes 9-20 s per search on this 2-core machine (Note10 LUT +
+its accuracy predictor). Targets: one search < 1 s, 15 searches in one call < 5 s.
 
 Run (from the repository root; rerun on a quiet machine for final numbers;
 ``taskset -c 0`` pins to one core)::
 
-    python -m benchmarks.search_speed [--repeats=5] [--candidate_ratio=1.25] [--prng_impl=rbg]
+    python -m benchmarks.search_speed [--repeats=5] [--predictors=random,trained]
 
 Writes benchmarks/results/search_speed.json.
 """
@@ -38,13 +46,27 @@ import numpy as np
 from ofa_jax import space
 from ofa_jax import search
 from predictors import accuracy
+from predictors import features
+from predictors import fit as fit_lib
+from predictors import lut as lut_lib
+from predictors import train as train_lib
+
+_EXTERNAL = os.environ.get(
+    'OFA_JAX_EXTERNAL_DATA',
+    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'timed runs per case (median reported)')
 _MAX_TRIES = flags.DEFINE_integer('max_tries', 4, 'EvoParams.max_tries (candidate_ratio=0)')
 _CANDIDATES = flags.DEFINE_float('candidate_ratio', 1.25, 'EvoParams.candidate_ratio')
 _PRNG = flags.DEFINE_string('prng_impl', 'rbg', 'EvoParams.prng_impl')
-_PRECISIONS = flags.DEFINE_list('precisions', ['float32', 'bfloat16'],
-                                'scoring precisions to time (predictors.accuracy.PRECISIONS)')
+_PRECISIONS = flags.DEFINE_list(
+    'precisions', ['float32'], 'scoring precisions of the random MLPs '
+    '(predictors.accuracy.PRECISIONS)')
+_PREDICTORS = flags.DEFINE_list(
+    'predictors', ['random', 'trained'],
+    'random: random-init MLPs; trained: OFA acc predictor + a paper '
+    'MLP fit on Note10 LUT latencies (needs ../shared/data/external)')
+_SCORE_CHUNK = flags.DEFINE_integer('score_chunk', 25, 'EvoParams.score_chunk (0: score all)')
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),
                            'output folder')
 
@@ -73,63 +95,113 @@ def _time(fn, *args, repeats: int) -> tuple[float, float, list[float], float]:
     return statistics.median(times), compile_s, times, statistics.median(cpu)
 
 
-def main(argv):
-    del argv
-    acc = accuracy.init_predictor(jax.random.key(0))
-    lat_mlp = accuracy.init_predictor(jax.random.key(1))
-    lat = _latency_mlp(lat_mlp)
-    params = search.make_params(max_tries=_MAX_TRIES.value,
-                                candidate_ratio=_CANDIDATES.value,
-                                prng_impl=_PRNG.value)
-    sample = space.sample(jax.random.key(2), (10000,), resolutions=params.resolutions)
-    q = np.quantile(np.asarray(lat(sample)), [0.02, 0.1, 0.3, 0.6, 0.9])
-    budgets = [float(round(v, 2)) for v in q]
+def _trained_predictors(resolutions):
+    """OFA's accuracy predictor and a paper MLP trained on Note10-LUT latencies.
+
+    The latency MLP (2101.00732's 128-400-400-400-1) is fit on 3,000 random
+    archs labelled by OFA's Note10 lookup table (500 more for early stopping),
+    so both predictors have the landscape of real ones. None when the public
+    data is absent.
+    """
+    lut_dir = os.path.join(_EXTERNAL, 'ofa_note10_lut')
+    pth = os.path.join(_EXTERNAL, 'ofa_acc_predictor', 'acc_predictor.pth')
+    if not (os.path.isdir(lut_dir) and os.path.exists(pth)):
+        print(f'SKIP trained predictors: need {lut_dir} and {pth}')
+        return None
+    table = lut_lib.load_lut(lut_dir, resolutions=resolutions)
+    archs = space.to_numpy(space.sample(jax.random.key(3), (3500,), resolutions=resolutions))
+    ms = table.predict_np(archs)
+    take = lambda lo, hi: jax.tree_util.tree_map(lambda v: v[lo:hi], archs)
+    cfg = train_lib.default_config()
+    cfg.max_steps = 4000
+    lat, _ = fit_lib.fit_predictor('mlp',
+                                   take(0, 3000),
+                                   ms[:3000],
+                                   take(3000, None),
+                                   ms[3000:],
+                                   fspec=features.fit_feature_spec(take(0, 3000)),
+                                   config=cfg)
+    return accuracy.load_ofa_pth(pth), lat
+
+
+def _case(params, objective, latency, budgets, fast=None):
+    """Timings and results of one predictor pair (``fast``: bfloat16 copies)."""
     seeds1, budgets1 = search.grid([budgets[2]], [0])
     seeds15, budgets15 = search.grid(budgets, [0, 1, 2])
+    if fast is None:
+        fn = search.make_budget_search(params, objective, latency, jit=False)
+    else:  # Fast scoring in the loop, the final parents re-ranked exactly.
+        fn = search.make_budget_search(params,
+                                       fast[0],
+                                       fast[1],
+                                       exact_objective=objective,
+                                       exact_latency_fn=latency,
+                                       jit=False)
+    one = _time(fn, seeds1, budgets1, repeats=_REPEATS.value)
+    many = _time(fn, seeds15, budgets15, repeats=_REPEATS.value)
+    res = jax.device_get(jax.jit(fn)(seeds15, budgets15))
+    # Feasibility rechecked with the exact float32 latency predictor on the returned archs.
+    exact = np.asarray(latency(jax.tree_util.tree_map(jnp.asarray, res.arch)))
+    return {
+        'one': one,
+        'fifteen': many,
+        'budgets_ms': budgets,
+        'all_feasible': bool(res.feasible.all() and (exact <= res.budget + 1e-5).all()),
+        'objective_mean_per_budget': {
+            str(b): float(np.mean(res.objective[res.budget == np.float32(b)])) for b in budgets
+        },
+    }
 
+
+def _budgets(latency, resolutions):
+    sample = space.sample(jax.random.key(2), (10000,), resolutions=resolutions)
+    q = np.quantile(np.asarray(latency(sample)), [0.02, 0.1, 0.3, 0.6, 0.9])
+    return [float(round(v, 2)) for v in q]
+
+
+def main(argv):
+    del argv
+    params = search.make_params(max_tries=_MAX_TRIES.value,
+                                candidate_ratio=_CANDIDATES.value,
+                                prng_impl=_PRNG.value,
+                                score_chunk=_SCORE_CHUNK.value)
     cases = {}
-    for precision in _PRECISIONS.value:
-        if precision == 'float32':
-            fn = search.make_budget_search(params, acc, lat, jit=False)
-        else:  # Fast scoring in the loop, the final parents re-ranked exactly.
-            fn = search.make_budget_search(params,
-                                           acc.with_precision(precision),
-                                           _latency_mlp(lat_mlp.with_precision(precision)),
-                                           exact_objective=acc,
-                                           exact_latency_fn=lat,
-                                           jit=False)
-        one = _time(fn, seeds1, budgets1, repeats=_REPEATS.value)
-        many = _time(fn, seeds15, budgets15, repeats=_REPEATS.value)
-        res = jax.device_get(jax.jit(fn)(seeds15, budgets15))
-        # Feasibility rechecked with the exact float32 latency MLP on the returned archs.
-        exact = np.asarray(lat(jax.tree_util.tree_map(jnp.asarray, res.arch)))
-        ok = bool(res.feasible.all() and (exact <= res.budget + 1e-5).all())
-        cases[precision] = {
-            'one': one,
-            'fifteen': many,
-            'all_feasible': ok,
-            'objective_mean_per_budget': {
-                str(b): float(np.mean(res.objective[res.budget == np.float32(b)])) for b in budgets
-            },
-        }
+    if 'random' in _PREDICTORS.value:
+        acc = accuracy.init_predictor(jax.random.key(0))
+        lat_mlp = accuracy.init_predictor(jax.random.key(1))
+        lat = _latency_mlp(lat_mlp)
+        budgets = _budgets(lat, params.resolutions)
+        for precision in _PRECISIONS.value:
+            fast = None
+            if precision != 'float32':
+                fast = (acc.with_precision(precision),
+                        _latency_mlp(lat_mlp.with_precision(precision)))
+            cases[f'random MLPs, {precision}'] = _case(params, acc, lat, budgets, fast)
+    if 'trained' in _PREDICTORS.value:
+        trained = _trained_predictors(params.resolutions)
+        if trained is not None:
+            acc, lat = trained
+            cases['OFA acc + Note10 MLP, float32'] = _case(params, acc, lat,
+                                                           _budgets(lat, params.resolutions))
 
     load = os.getloadavg()
     print(f'\nSearch speed, MLP accuracy + MLP latency predictors, candidate_ratio='
           f'{_CANDIDATES.value}, max_tries={_MAX_TRIES.value}, prng {_PRNG.value}, '
+          f'score_chunk={_SCORE_CHUNK.value}, '
           f'{os.cpu_count()} CPUs, load average {load[0]:.1f}, jax {jax.__version__}')
     print(f'{"case":<58} {"wall s":>8} {"CPU s":>7} {"compile":>8} {"target":>7} {"met":>4} '
           f'{"OFA (>=9 s/search)":>18}')
-    for precision, case in cases.items():
+    for label, case in cases.items():
         for name, key, target, ofa in (('1 search (100 x 500)', 'one', 1.0, 9.0),
                                        ('15 searches (5 budgets x 3 seeds), one call', 'fifteen',
                                         5.0, 15 * 9.0)):
             t, c, _, cpu = case[key]
-            print(f'{name + ", " + precision:<58} {t:8.3f} {cpu:7.3f} {c:8.1f} {target:7.1f} '
+            print(f'{name + ", " + label:<58} {t:8.3f} {cpu:7.3f} {c:8.1f} {target:7.1f} '
                   f'{"yes" if t < target else "NO":>4} {ofa:18.0f}')
-        print(f'  {precision}: all 15 results feasible under the float32 latency MLP: '
-              f'{case["all_feasible"]}; mean objective per budget '
+        print(f'  {label}: all 15 results feasible under the float32 latency predictor: '
+              f'{case["all_feasible"]}; budgets (ms, latency quantiles) {case["budgets_ms"]}; '
+              f'mean objective per budget '
               f'{[round(v, 4) for v in case["objective_mean_per_budget"].values()]}')
-    print(f'budgets (ms, latency-MLP quantiles): {budgets}')
     if load[0] > 1.5:
         print('NOTE: machine busy (load average > 1.5): rerun on a quiet machine.')
     os.makedirs(_OUT.value, exist_ok=True)
@@ -138,7 +210,7 @@ def main(argv):
             {
                 'command': 'python -m benchmarks.search_speed ' + ' '.join(sys.argv[1:]),
                 'cases': {
-                    precision: {
+                    label: {
                         'one_search_seconds': case['one'][0],
                         'one_search_runs': case['one'][2],
                         'one_search_process_cpu_seconds': case['one'][3],
@@ -147,10 +219,11 @@ def main(argv):
                         'fifteen_searches_process_cpu_seconds': case['fifteen'][3],
                         'compile_seconds': [case['one'][1], case['fifteen'][1]],
                         'all_feasible': case['all_feasible'],
+                        'budgets_ms': case['budgets_ms'],
                         'objective_mean_per_budget': case['objective_mean_per_budget'],
-                    } for precision, case in cases.items()
+                    } for label, case in cases.items()
                 },
-                'budgets_ms': budgets,
+                'score_chunk': _SCORE_CHUNK.value,
                 'max_tries': _MAX_TRIES.value,
                 'candidate_ratio': _CANDIDATES.value,
                 'prng_impl': _PRNG.value,

@@ -113,21 +113,52 @@ class EvolveTest(parameterized.TestCase):
         self.assertEqual(state.parents.kernel.shape, (params.num_parents, 20))
         self.assertTrue(bool(state.feasible.all()))
         self.assertEqual(children.depth.shape, (32, 5))
-        self.assertTrue(bool(ok.all()))
+        # Every child is feasible: a new sub-network or a copy of a parent.
         self.assertTrue(bool(cons(space.canonicalize(children)).all()))
         self.assertGreaterEqual(float(new.fitness[0]), float(state.fitness[0]))
         self.assertTrue(bool(jnp.all(new.fitness[:-1] >= new.fitness[1:])))
         self.assertEqual(int(new.generation), 1)
-        # Most children are new sub-networks, not copies of their parents.
-        parents = {
+        # ok flags exactly the children that are neither a parent nor an
+        # earlier child, and most children are such new sub-networks.
+        seen = {
             space.arch_key(a)
             for a in space.unstack(space.to_numpy(space.canonicalize(state.parents)))
         }
-        fresh = [
-            space.arch_key(a) not in parents
-            for a in space.unstack(space.to_numpy(space.canonicalize(children)))
-        ]
+        fresh = []
+        for a in space.unstack(space.to_numpy(space.canonicalize(children))):
+            fresh.append(space.arch_key(a) not in seen)
+            seen.add(space.arch_key(a))
+        np.testing.assert_array_equal(np.asarray(ok), fresh)
         self.assertGreater(np.mean(fresh), 0.5)
+
+    def test_score_where_scores_only_masked_rows_in_chunks(self):
+        archs = space.sample(jax.random.key(5), (40,), resolutions=RES)
+        mask = jnp.asarray(np.arange(40) % 7 == 3)  # 6 rows
+        rows_seen = []
+
+        def fn(a):
+            jax.debug.callback(lambda r: rows_seen.append(np.asarray(r).copy()), a.resolution)
+            return objective(a)
+
+        got = jax.jit(lambda a, m: evolution.score_where(fn, a, m, 4, jnp.nan))(archs, mask)
+        want = np.where(mask, np.asarray(objective(archs)), np.nan)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+        # Two chunks of 4 cover the 6 masked rows; the loop stops there.
+        self.assertLen(rows_seen, 2)
+        self.assertEqual([len(r) for r in rows_seen], [4, 4])
+
+    def test_skipping_copies_changes_no_result(self):
+        import dataclasses
+        budget = SMALLEST + 0.3 * (LARGEST - SMALLEST)
+        seeds, budgets = search.grid([budget], [0, 1, 2])
+        out = []
+        for chunk in (0, 8):
+            params = dataclasses.replace(SMALL_PARAMS, score_chunk=chunk)
+            out.append(
+                jax.device_get(
+                    search.make_budget_search(params, objective, latency)(seeds, budgets)))
+        chex.assert_trees_all_close(out[0].arch, out[1].arch)
+        np.testing.assert_allclose(out[0].history, out[1].history, rtol=1e-6)
 
     def test_feasible_all_budgets_impossible_flagged_compiles_once(self):
         evo, _ = _searches()
