@@ -12,7 +12,10 @@ Base predictors:
 * ``paper``: the 2101.00732 MLP on the first source file (their base device);
 * ``hw``: a context MLP over all sources with [log batch, datasheet hardware
   features] (device names through :mod:`ofa_jax.hardware`);
-* ``help``: the same with [log batch, log latencies of the reference archs].
+* ``help``: the same with [log batch, log latencies of the reference archs];
+* ``stack``: one additive predictor per source file, combined on the target
+  by :func:`predictors.transfer.stack_fit` (its 0-shot value is the
+  geometric mean of the sources, uncalibrated).
 
 Writes ``metrics.json`` (strategy -> k -> mean and std over seeds),
 ``pred_vs_measured.png`` (best strategy at the largest k) and the base
@@ -189,6 +192,21 @@ def _train_context_model(kind, tables, parsed, config, tcfg, width):
     return pred
 
 
+def _train_source_model(table, config, tcfg, width):
+    """The additive predictor of one source file (first 90% train, last 10% early stop)."""
+    cut = int(0.9 * len(table))
+    pred, _ = fit.fit_predictor('additive',
+                                table.archs[:cut],
+                                table.latency_ms[:cut],
+                                table.archs[cut:],
+                                table.latency_ms[cut:],
+                                fspec=features.fit_feature_spec(table.archs[:cut], width=width),
+                                config=tcfg,
+                                seed=int(config.seed),
+                                meta={'kind': 'stack'})
+    return pred
+
+
 def _concat(archs_list):
     return space.Arch(*[
         np.concatenate([getattr(a, f)
@@ -242,6 +260,12 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                                               config=tcfg,
                                               seed=int(config.seed))
         timing['paper_train_s'] = time.perf_counter() - t0
+    if any(s.startswith('stack') for s in strategies):
+        t0 = time.perf_counter()
+        bases['stack'] = [
+            _train_source_model(tables[f], config, tcfg, width) for f in parsed['sources']
+        ]
+        timing['stack_train_s'] = time.perf_counter() - t0
     tgt_batch = parsed['batch'][parsed['target']]
     for kind in ('hw', 'help'):
         if any(s.startswith(kind) for s in strategies):
@@ -255,11 +279,20 @@ def transfer_predictions(config: ml_collections.ConfigDict,
             timing[f'{kind}_train_s'] = time.perf_counter() - t0
     if workdir:
         for name, p in bases.items():
-            checkpoint.save(p, os.path.join(workdir, 'checkpoint', name))
+            for i, one in enumerate(p if isinstance(p, list) else [p]):
+                checkpoint.save(
+                    one,
+                    os.path.join(workdir, 'checkpoint',
+                                 f'{name}_{i}' if isinstance(p, list) else name))
+
+    def base_predict(base, archs):
+        if isinstance(base, list):  # [S, n]: one row per source predictor.
+            return np.stack([np.asarray(p(archs), np.float64) for p in base])
+        return np.asarray(base(archs), np.float64)
 
     eval_archs = target.archs[eval_rows]
-    base_eval = {k: np.asarray(p(eval_archs), np.float64) for k, p in bases.items()}
-    base_allowed = {k: np.asarray(p(target.archs[allowed]), np.float64) for k, p in bases.items()}
+    base_eval = {k: base_predict(p, eval_archs) for k, p in bases.items()}
+    base_allowed = {k: base_predict(p, target.archs[allowed]) for k, p in bases.items()}
     pred: dict[str, dict[int, np.ndarray]] = {s: {} for s in strategies}
     shots_used = {}
     t0 = time.perf_counter()
@@ -278,6 +311,10 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                 out = []
                 for s in range(draws.shape[0]):
                     pos = np.searchsorted(allowed, draws[s])
+                    if kind == 'stack':
+                        w, b = transfer.stack_fit(base_allowed[kind][:, pos], ys[s])
+                        out.append(transfer.stack_apply(base_eval[kind], w, b))
+                        continue
                     a, b = transfer.affine_fit(base_allowed[kind][pos], ys[s])
                     out.append(np.asarray(transfer.affine_apply(base_eval[kind], a, b)))
                 pred[strat][k] = np.stack(out)

@@ -9,6 +9,9 @@ Strategies (all take only the k shot rows; nothing else of the target is read):
   wreck what the base model knows;
 * :func:`affine_fit` / :func:`affine_apply`: recalibrate a base predictor as
   ``log y = a log p + b`` (ridge toward a = 1); one shot fixes the scale;
+* :func:`stack_fit` / :func:`stack_apply`: the same with one base predictor
+  per source device, ``log y = sum_s w_s log p_s + b`` (ridge toward equal
+  weights), so the shots pick the sources that behave like the target;
 * zero-shot: a device-conditioned predictor with the target's context
   (hardware features from the spec table, or HELP-style reference latencies)
   via :func:`with_context`.
@@ -33,7 +36,7 @@ from predictors import checkpoint
 from predictors import fit
 
 STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'help_affine',
-              'help_finetune')
+              'help_finetune', 'stack_affine')
 
 
 def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndarray:
@@ -44,23 +47,53 @@ def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndar
     return np.sort(rng.choice(allowed, size=k, replace=False))
 
 
+def stack_fit(pred_ms: np.ndarray,
+              true_ms: np.ndarray,
+              *,
+              ridge: float = 1.0) -> tuple[np.ndarray, float]:
+    """(w float[S], b) minimising sum (log y - w . log p - b)^2 + ridge |w - 1/S|^2.
+
+    Args:
+      pred_ms: float[S, k], each of S base predictors' latencies of the shots.
+      true_ms: float[k], the shots' measured latencies.
+      ridge: pull of the weights toward equal shares (which keep the scale).
+
+    Returns:
+      The weights and the offset; with 0 shots (1/S, 0) (the geometric mean of
+      the bases), with 1 or 2 only the offset is fit.
+    """
+    lp = np.log(np.asarray(pred_ms, np.float64))
+    lp = lp.reshape(lp.shape[0] if lp.ndim > 1 else 1, -1)
+    ly = np.log(np.asarray(true_ms, np.float64).reshape(-1))
+    num_bases, k = lp.shape
+    w0 = np.full(num_bases, 1.0 / num_bases)
+    if k == 0:
+        return w0, 0.0
+    if k < 3:
+        return w0, float(np.mean(ly - w0 @ lp))
+    xc = lp - lp.mean(axis=1, keepdims=True)
+    yc = ly - ly.mean()
+    w = np.linalg.solve(xc @ xc.T + ridge * np.eye(num_bases), xc @ yc + ridge * w0)
+    return w, float(ly.mean() - w @ lp.mean(axis=1))
+
+
+def stack_apply(pred_ms, w: np.ndarray, b: float) -> np.ndarray:
+    """Applies :func:`stack_fit` to float[S, n] base predictions."""
+    lp = np.log(np.asarray(pred_ms, np.float64)).reshape(len(w), -1)
+    return np.exp(np.asarray(w) @ lp + b)
+
+
 def affine_fit(pred_ms: np.ndarray,
                true_ms: np.ndarray,
                *,
                ridge: float = 1.0) -> tuple[float, float]:
     """(a, b) minimising sum (log y - a log p - b)^2 + ridge (a - 1)^2.
 
-    With 0 shots returns (1, 0); with 1 or 2 only the offset b is fit.
+    :func:`stack_fit` with one base. With 0 shots returns (1, 0); with 1 or 2
+    only the offset b is fit.
     """
-    lp = np.log(np.asarray(pred_ms, np.float64).reshape(-1))
-    ly = np.log(np.asarray(true_ms, np.float64).reshape(-1))
-    if lp.size == 0:
-        return 1.0, 0.0
-    if lp.size < 3:
-        return 1.0, float(np.mean(ly - lp))
-    xc, yc = lp - lp.mean(), ly - ly.mean()
-    a = float(((xc * yc).sum() + ridge) / ((xc * xc).sum() + ridge))
-    return a, float(ly.mean() - a * lp.mean())
+    w, b = stack_fit(np.reshape(pred_ms, (1, -1)), true_ms, ridge=ridge)
+    return float(w[0]), b
 
 
 def affine_apply(pred_ms, a: float, b: float):

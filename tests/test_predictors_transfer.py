@@ -75,10 +75,31 @@ class TransferTest(absltest.TestCase):
         self.assertAlmostEqual(b, np.log(3.0))
         self.assertEqual(transfer.affine_fit([], []), (1.0, 0.0))
 
+    def test_stack_fit_picks_the_source_that_matches(self):
+        rng = np.random.default_rng(0)
+        good = np.exp(rng.uniform(0.0, 2.0, 30))
+        bad = np.exp(rng.uniform(0.0, 2.0, 30))  # unrelated to the target
+        target = 1.5 * good**0.9
+        w, b = transfer.stack_fit(np.stack([good, bad]), target, ridge=0.0)
+        np.testing.assert_allclose(w, [0.9, 0.0], atol=1e-9)
+        self.assertAlmostEqual(b, np.log(1.5))
+        np.testing.assert_allclose(transfer.stack_apply(np.stack([good, bad]), w, b), target)
+        # Few shots: equal weights, only the offset; no shots: the geometric mean.
+        w, b = transfer.stack_fit(np.stack([good[:2], bad[:2]]), target[:2])
+        np.testing.assert_allclose(w, [0.5, 0.5])
+        w, b = transfer.stack_fit(np.zeros((2, 0)), [])
+        np.testing.assert_allclose(w, [0.5, 0.5])
+        self.assertEqual(b, 0.0)
+        # One base and the same ridge: exactly the affine recalibration.
+        a, b1 = transfer.affine_fit(good[:10], target[:10], ridge=0.7)
+        w, b2 = transfer.stack_fit(good[None, :10], target[:10], ridge=0.7)
+        self.assertAlmostEqual(a, w[0])
+        self.assertAlmostEqual(b1, b2)
+
     def test_eval_rows_never_read(self):
         clean = self.create_tempdir('clean').full_path
         dirty = self.create_tempdir('dirty').full_path
-        strategies = 'paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine'
+        strategies = 'paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,stack_affine'
         out = []
         for folder, poison in ((clean, False), (dirty, True)):
             paths, refs = _write_devices(folder, poison_eval=poison)

@@ -147,6 +147,30 @@ class EvolveTest(parameterized.TestCase):
         self.assertLen(rows_seen, 2)
         self.assertEqual([len(r) for r in rows_seen], [4, 4])
 
+    def test_shared_score_where_packs_all_searches_rows(self):
+        archs = space.sample(jax.random.key(6), (3, 40), resolutions=RES)
+        # Rows to score per search: 6, 1, 0.
+        mask = jnp.asarray(
+            np.stack([np.arange(40) % 7 == 3,
+                      np.arange(40) == 5,
+                      np.zeros(40, bool)]))
+        calls = []
+
+        def fn(a):
+            jax.debug.callback(lambda r: calls.append(len(r)), a.resolution)
+            return objective(a)
+
+        want = np.where(mask, np.asarray(jax.vmap(objective)(archs)), np.nan)
+        for wrap, rows_scored in ((lambda f: f, 24), (evolution.Shared, 12)):
+            del calls[:]
+            got = jax.jit(jax.vmap(lambda a, m: evolution.score_where(wrap(fn), a, m, 4, jnp.nan)))(
+                archs, mask)
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+            # Unshared: the vmapped loop runs as long as the busiest search
+            # needs (2 chunks of 4 rows, for all 3 searches); shared: the 7
+            # rows of all searches fit one chunk of 3 x 4.
+            self.assertEqual(sum(calls), rows_scored)
+
     def test_skipping_copies_changes_no_result(self):
         import dataclasses
         budget = SMALLEST + 0.3 * (LARGEST - SMALLEST)

@@ -46,10 +46,12 @@ So every returned arch meets the constraint unless no sub-network of the space
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
+from jax import custom_batching
 import jax.numpy as jnp
 
 from ofa_jax import space
@@ -445,18 +447,68 @@ def new_children(children: space.Arch, parents: space.Arch) -> jax.Array:
     return first & ~jnp.any(hashes[-n:, None] == parent_hashes[None, :], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """Marks a scoring function that closes over no ``vmap``-ped value.
+
+    Under ``jax.vmap`` (many searches in one call) :func:`score_where` then
+    packs the rows of all searches together and scores them in one loop, so
+    the cost follows the total number of new rows, not the busiest search's.
+    Wrap only functions shared by all searches (a predictor); one that closes
+    over a per-search value (a vmapped budget) must stay unwrapped.
+    """
+
+    fn: Callable[[space.Arch], jax.Array]
+
+    def __call__(self, archs: space.Arch) -> jax.Array:
+        return self.fn(archs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredConstraint:
+    """The constraint ``accept(score(archs), archs)``, split so its costly part is shared.
+
+    Attributes:
+      score: ``archs -> float[n]`` (e.g. a latency predictor); must close over
+        no vmapped value (see :class:`Shared`).
+      accept: ``(scores, archs) -> bool[n]``, cheap, may use per-search values
+        (``lambda ms, _: ms <= budget``).
+    """
+
+    score: Callable[[space.Arch], jax.Array]
+    accept: Callable[[jax.Array, space.Arch], jax.Array]
+
+    def __call__(self, archs: space.Arch) -> jax.Array:
+        return self.accept(self.score(archs), archs)
+
+
+def _check_where(constraint: Constraint, genomes: space.Arch, mask: jax.Array,
+                 chunk: int) -> jax.Array:
+    """The constraint on the masked rows only (False elsewhere)."""
+    if isinstance(constraint, ScoredConstraint):
+        archs = space.canonicalize(genomes)
+        scores = score_where(Shared(constraint.score), archs, mask, chunk, jnp.nan)
+        return jnp.asarray(constraint.accept(scores, archs), bool) & mask
+    return score_where(lambda a: _check(constraint, a), genomes, mask, chunk, False)
+
+
 def score_where(fn: Callable[[space.Arch], jax.Array], archs: space.Arch, mask: jax.Array,
                 chunk: int, fill: Any) -> jax.Array:
     """``fn(archs)`` where ``mask``, ``fill`` elsewhere, calling ``fn`` on masked rows only.
 
     The masked rows are packed to the front and scored ``chunk`` at a time in
-    a ``lax.while_loop`` that stops once all are covered (under ``vmap``:
-    once every search's are), so the cost follows the number of masked rows,
-    not the batch size. ``chunk`` 0 (or >= the batch) scores all rows at once.
+    a ``lax.while_loop`` that stops once all are covered, so the cost follows
+    the number of masked rows, not the batch size. Under ``vmap`` the loop
+    runs until every search's rows are covered, unless ``fn`` is
+    :class:`Shared`: then all searches' rows are packed into one batch.
+    ``chunk`` 0 (or >= the batch) scores all rows at once.
     """
+    if isinstance(fn, Shared):
+        return _shared_score_where(fn.fn, chunk, fill)(archs, mask)
     n = mask.shape[0]
     if not chunk or chunk >= n:
-        return jnp.where(mask, jnp.asarray(fn(archs)), fill)
+        values = jnp.asarray(fn(archs))
+        return jnp.where(mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values, fill)
     out_type = jax.eval_shape(fn, jax.tree_util.tree_map(lambda x: x[:chunk], archs))
     num_chunks = -(-n // chunk)
     # Index n marks padding: gathers clip it, scatters drop it.
@@ -472,9 +524,31 @@ def score_where(fn: Callable[[space.Arch], jax.Array], archs: space.Arch, mask: 
         values = jnp.asarray(fn(rows)).astype(out_type.dtype)
         return i + 1, out.at[idx].set(values, mode='drop')
 
-    out = jnp.full((n,), fill, out_type.dtype)
+    out = jnp.full((n,) + out_type.shape[1:], fill, out_type.dtype)
     _, out = jax.lax.while_loop(lambda c: c[0] * chunk < count, body, (jnp.int32(0), out))
-    return jnp.where(mask, out, fill)
+    return jnp.where(mask.reshape(mask.shape + (1,) * (out.ndim - 1)), out, fill)
+
+
+def _shared_score_where(fn: Callable[[space.Arch], jax.Array], chunk: int, fill: Any):
+    """:func:`score_where` for a shared ``fn``: a vmap of it flattens into one batch."""
+
+    @custom_batching.custom_vmap
+    def scored(archs, mask):
+        return score_where(fn, archs, mask, chunk, fill)
+
+    @scored.def_vmap
+    def _batched(axis_size, in_batched, archs, mask):
+        archs_batched, mask_batched = in_batched
+
+        def flat(x, batched):
+            x = x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape)
+            return x.reshape((-1,) + x.shape[2:])
+
+        out = score_where(Shared(fn), jax.tree_util.tree_map(flat, archs, archs_batched),
+                          flat(mask, mask_batched), chunk * axis_size, fill)
+        return out.reshape((axis_size, -1) + out.shape[1:]), True
+
+    return scored
 
 
 def init(key: jax.Array, params: EvoParams, objective: Objective,
@@ -567,8 +641,7 @@ def _ask_oversampled(key: jax.Array, state: EvoState, params: EvoParams,
     cand = _where(is_mutant, mutant, cross)
     # Copies of a parent or of an earlier candidate would never be selected:
     # skip them before the (costly) constraint.
-    ok = score_where(lambda a: _check(constraint, a), cand, new_children(cand, state.parents),
-                     params.score_chunk, False)
+    ok = _check_where(constraint, cand, new_children(cand, state.parents), params.score_chunk)
     order = _feasible_first(ok)[:n]
     keep = ok[order]
     return _where(keep, cand[order], base_a[order]), keep

@@ -83,17 +83,22 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
     else:
         raise TypeError(f'params: expected EvoParams or RandomParams, got {type(params).__name__}')
 
+    # The predictors are shared by all (seed, budget) searches: under the vmap
+    # below their rows are packed together (evolution.Shared); only the cheap
+    # budget test sees each search's budget.
+    objective = evolution.Shared(objective)
+
     def one(seed, budget):
 
         def under_budget(fn):
 
-            def constraint(archs):
-                ok = jnp.asarray(fn(archs)) <= budget
+            def accept(latency_ms, archs):
+                ok = jnp.asarray(latency_ms) <= budget
                 if extra_constraint is not None:
                     ok = ok & jnp.asarray(extra_constraint(archs), bool)
                 return ok
 
-            return constraint
+            return evolution.ScoredConstraint(score=fn, accept=accept)
 
         res = method(evolution.search_key(seed, params), params, objective,
                      under_budget(latency_fn))
