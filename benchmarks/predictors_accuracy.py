@@ -31,6 +31,11 @@ PAPER = {'2080ti': {'rmse_as_reported': 0.48, 'mape': 2.4}, 'note10': {'rmse_as_
 TARGET_RMSE = {'2080ti': 0.30, 'note10': 0.02}
 
 flags.DEFINE_string('models', 'mlp,additive', 'Models on both datasets.')
+flags.DEFINE_string(
+    'drift_models', 'additive', 'Models also fit on the 2080 Ti with --config.drift=last_level '
+    '(offset to the level of the latest validation rows), labelled MODEL+drift.')
+flags.DEFINE_string('datasets', '2080ti,note10', 'Datasets to (re)run; rows of the others '
+                    'already in the JSON are kept.')
 flags.DEFINE_bool('note10_mlp', False, 'Also fit the paper MLP on Note10 (slow).')
 flags.DEFINE_bool('summarize_only', False, 'Only rebuild the table from the saved JSON.')
 flags.DEFINE_string('out', os.path.join(HERE, 'results'), 'Output folder.')
@@ -47,30 +52,40 @@ def main(argv):
         '2080ti': os.path.join(folder, 'RTX_2080_Ti_GPU_ofa.csv'),
         'note10': os.path.join(folder, 'note10_lookuptable_ofa.csv'),
     }
+    json_path = os.path.join(FLAGS.out, 'predictors_accuracy.json')
     runs = []
-    if FLAGS.summarize_only:
-        with open(os.path.join(FLAGS.out, 'predictors_accuracy.json')) as f:
+    if os.path.exists(json_path):
+        with open(json_path) as f:
             runs = json.load(f)
+    if FLAGS.summarize_only:
         datasets = {}
+    datasets = {k: v for k, v in datasets.items() if k in FLAGS.datasets.split(',')}
     for ds, path in datasets.items():
-        models = FLAGS.models.split(',')
+        models = [(m, 'none') for m in FLAGS.models.split(',') if m]
         if ds == 'note10':
-            models = [m for m in models if m != 'mlp' or FLAGS.note10_mlp] + ['lut']
-        for model in models:
+            models = [(m, d) for m, d in models if m != 'mlp' or FLAGS.note10_mlp
+                     ] + [('lut', 'none')]
+        else:
+            models += [(m, 'last_level') for m in FLAGS.drift_models.split(',') if m]
+        for model, drift in models:
+            label = model + ('+drift' if drift != 'none' else '')
             cfg = fit_config.get_config()
             cfg.data = path
             cfg.width = 1.0
             cfg.model = model
+            cfg.drift = drift
             cfg.lut = os.path.join(EXTERNAL, 'ofa_note10_lut')
-            work = os.path.join('/tmp', f'fit_bench_{ds}_{model}')
+            work = os.path.join('/tmp', f'fit_bench_{ds}_{label}')
             out = experiment_fit.run(cfg, work)
             cmd = (f'python -m experiments.fit_predictor --config=experiments/configs/'
                    f'fit_predictor.py --config.data={path} --config.width=1.0 '
                    f'--config.model={model}' +
-                   (f' --config.lut={cfg.lut}' if model == 'lut' else '') + f' --workdir={work}')
-            runs.append({'dataset': ds, 'model': model, 'command': cmd, **out})
+                   (f' --config.lut={cfg.lut}' if model == 'lut' else '') +
+                   (f' --config.drift={drift}' if drift != 'none' else '') + f' --workdir={work}')
+            runs = [r for r in runs if (r['dataset'], r['model']) != (ds, label)]
+            runs.append({'dataset': ds, 'model': label, 'command': cmd, **out})
             print(
-                f'{ds} {model}: rmse {out["rmse_ms"]:.4f} ms, mae {out["mae_ms"]:.4f} ms, '
+                f'{ds} {label}: rmse {out["rmse_ms"]:.4f} ms, mae {out["mae_ms"]:.4f} ms, '
                 f'mape {out["mape"]:.3f}%',
                 flush=True)
     lines = [
@@ -87,7 +102,7 @@ def main(argv):
     table = '\n'.join(lines)
     print(table)
     os.makedirs(FLAGS.out, exist_ok=True)
-    with open(os.path.join(FLAGS.out, 'predictors_accuracy.json'), 'w') as f:
+    with open(json_path, 'w') as f:
         json.dump(runs, f, indent=1)
     with open(os.path.join(FLAGS.out, 'predictors_accuracy.md'), 'w') as f:
         f.write('Paper split (file order 70/15/15), test rows. Commands in the JSON file.\n\n')

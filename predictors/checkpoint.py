@@ -49,6 +49,8 @@ class Predictor:
       ensemble: whether ``params`` stacks K members.
       context: float32[C] standardised device context (may be empty).
       meta: JSON-able metadata (device, batch size, config, data).
+      offset_ms: added to every prediction: the device's current level
+        relative to the training rows (:func:`predictors.drift.last_level`).
     """
 
     model_name: str
@@ -59,8 +61,10 @@ class Predictor:
     ensemble: bool = False
     context: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.float32))
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    offset_ms: float = 0.0
 
     def __post_init__(self):
+        self.offset_ms = float(self.offset_ms)
         self.context = np.asarray(self.context, np.float32).reshape(-1)
         self._model = models.build_model(self.model_name, fspec=self.fspec, **self.model_kwargs)
 
@@ -88,24 +92,26 @@ class Predictor:
                       model=self._model,
                       fspec=self.fspec,
                       norm=self.norm,
-                      reduce=False)
+                      reduce=False) + self.offset_ms
 
     def __call__(self, archs: space.Arch) -> jnp.ndarray:
         """Predicted latency (ms, float32) of a batch of archs, one jitted call."""
         if self.ensemble:
-            return _score(self.params,
-                          jnp.asarray(self.context),
-                          _as_jnp(archs),
-                          model=self._model,
-                          fspec=self.fspec,
-                          norm=self.norm,
-                          reduce=True)
-        return _score_one(self.params,
-                          jnp.asarray(self.context),
-                          _as_jnp(archs),
-                          model=self._model,
-                          fspec=self.fspec,
-                          norm=self.norm)
+            out = _score(self.params,
+                         jnp.asarray(self.context),
+                         _as_jnp(archs),
+                         model=self._model,
+                         fspec=self.fspec,
+                         norm=self.norm,
+                         reduce=True)
+        else:
+            out = _score_one(self.params,
+                             jnp.asarray(self.context),
+                             _as_jnp(archs),
+                             model=self._model,
+                             fspec=self.fspec,
+                             norm=self.norm)
+        return out + self.offset_ms if self.offset_ms else out
 
     def replace(self, **changes) -> 'Predictor':
         """A copy with some fields changed (e.g. ``params`` or ``context``)."""
@@ -171,6 +177,7 @@ def save(predictor: Predictor, directory: str | os.PathLike) -> str:
         'ensemble': predictor.ensemble,
         'context': predictor.context.tolist(),
         'meta': predictor.meta,
+        'offset_ms': predictor.offset_ms,
     }
     write_files(directory, predictor.params, meta)
     return directory
@@ -217,4 +224,5 @@ def load(directory: str | os.PathLike) -> Predictor:
                      params=params,
                      ensemble=bool(meta['ensemble']),
                      context=np.asarray(meta['context'], np.float32),
-                     meta=meta['meta'])
+                     meta=meta['meta'],
+                     offset_ms=float(meta.get('offset_ms', 0.0)))

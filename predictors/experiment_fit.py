@@ -22,12 +22,15 @@ from ofa_jax import csvio
 from ofa_jax import errors
 from ofa_jax import space
 from predictors import checkpoint
+from predictors import drift as drift_lib
 from predictors import features
 from predictors import fit
 from predictors import metrics
 from predictors import train as train_lib
 
 FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut')
+# 'last_level': add the level of the latest validation rows (predictors.drift).
+DRIFT_MODES = ('none', 'last_level')
 
 ConfigError = errors.ConfigError
 
@@ -104,6 +107,12 @@ def _check(config: ml_collections.ConfigDict) -> None:
                           'of {r}_lookup_table.yaml')
     if int(config.members) < 1:
         raise ConfigError(f'members: {config.members}; allowed: an integer >= 1')
+    drift = config.get('drift', 'none')
+    if drift not in DRIFT_MODES:
+        raise ConfigError(f'drift: {drift!r}; allowed: {", ".join(DRIFT_MODES)}')
+    if drift != 'none' and config.model == 'lut':
+        raise ConfigError(f'drift: {drift!r} needs a fitted model; allowed with model=lut: '
+                          'none')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -151,6 +160,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         out['train_seconds'] = time.perf_counter() - t0
         out['train_steps'] = np.asarray(result.steps).tolist()
         out['best_step'] = np.asarray(result.best_step).tolist()
+        if config.get('drift', 'none') == 'last_level':
+            # The device's level in the latest validation rows (measured just
+            # before the test rows), added to every prediction.
+            level = drift_lib.last_level(lat[va] - np.asarray(predictor(archs[va]), np.float64))
+            predictor = predictor.replace(offset_ms=level['offset_ms'])
+            out['drift'] = dict(level, start_row=int(va[0]) + level['start'] if len(va) else 0)
         pred = np.asarray(predictor(archs[te]), np.float64)
         if int(config.members) > 1:
             per = np.asarray(predictor.members_ms(archs[te]), np.float64)

@@ -48,6 +48,51 @@ class FitExperimentTest(absltest.TestCase):
         loaded = checkpoint.load(os.path.join(work, 'checkpoint'))
         self.assertEqual(np.asarray(loaded(archs[170:])).shape, (30,))
 
+    def test_drift_follows_the_latest_level(self):
+        folder = self.create_tempdir().full_path
+        rng = np.random.default_rng(1)
+        archs = space.sample_np(rng, 400, resolutions=(160, 224))
+        lat = 2.0 + np.asarray(archs.depth).sum(-1) * 0.3 + np.asarray(archs.kernel).mean(-1)
+        lat = lat + rng.normal(0.0, 0.05, 400)
+        lat[320:] += 1.0  # The device slows down from row 320 (validation is 280-340).
+        path = os.path.join(folder, 'dev.csv')
+        csvio.write_ofa_csv(path, archs, lat)
+        out = {}
+        for drift in ('none', 'last_level'):
+            cfg = fit_config.get_config()
+            cfg.update(data=path, model='additive', max_steps=300, eval_every=50, drift=drift)
+            out[drift] = experiment_fit.run(cfg, os.path.join(folder, drift))
+        level = out['last_level']['drift']
+        self.assertEqual(level['start_row'], 320)
+        self.assertAlmostEqual(level['offset_ms'], 1.0, delta=0.2)
+        self.assertLess(out['last_level']['rmse_ms'], 0.5 * out['none']['rmse_ms'])
+        # The offset is part of the saved predictor.
+        loaded = checkpoint.load(os.path.join(folder, 'last_level', 'checkpoint'))
+        self.assertAlmostEqual(loaded.offset_ms, level['offset_ms'], places=6)
+        plain = checkpoint.load(os.path.join(folder, 'none', 'checkpoint'))
+        self.assertEqual(plain.offset_ms, 0.0)
+        cfg.update(model='lut', lut=folder)
+        with self.assertRaisesRegex(experiment_fit.ConfigError, '^drift: '):
+            experiment_fit.run(cfg, folder)
+
+    def test_last_level_finds_the_latest_shift_only_when_there_is_one(self):
+        from predictors import drift
+        rng = np.random.default_rng(0)
+        noise = rng.normal(0.0, 0.1, 1000)
+        # A big shift at 300, then a smaller one at 700: the tail after the
+        # first is split again, so the latest level is found.
+        shifted = noise + np.where(np.arange(1000) >= 300, 0.8, 0.0) + np.where(
+            np.arange(1000) >= 700, -0.3, 0.0)
+        level = drift.last_level(shifted)
+        self.assertAlmostEqual(level['start'], 700, delta=10)
+        self.assertAlmostEqual(level['offset_ms'], 0.5, delta=0.03)
+        self.assertLen(level['shifts'], 2)
+        flat = drift.last_level(noise)
+        self.assertEqual((flat['start'], flat['shifts']), (0, []))
+        self.assertAlmostEqual(flat['offset_ms'], noise.mean())
+        with self.assertRaisesRegex(ValueError, 'residuals_ms'):
+            drift.last_level([0.0, np.nan])
+
     def test_bad_model(self):
         cfg = fit_config.get_config()
         cfg.data = 'x.csv'

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
             lut='',  # model=lut: OFA yaml file or folder of {r}_lookup_table.yaml
             lut_width=1.2,
             split='0.7,0.15,0.15',  # file order: train, validation, test
+            drift='none',  # none | last_level: offset to the latest validation rows' level
             seed=0,
             members=1,  # ensemble size, trained at once with jax.vmap
             learning_rate=1e-3,

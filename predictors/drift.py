@@ -1,0 +1,89 @@
+"""The current level of a device that drifts: level shifts in residuals, in measurement order.
+
+Latency files are written in measurement order, and a device's speed moves
+over a campaign (clocks, temperature, driver state, neighbours on a shared
+host). A predictor fit on all rows learns the average level; one that will
+score the device as it is now should carry the level of the latest rows.
+:func:`last_level` finds the latest level shift in a model's validation
+residuals (the rows measured just before the ones it will be scored on) and
+returns the mean residual after it, which a fit adds to its predictions
+(``Predictor.offset_ms``).
+
+Example: the 2101.00732 RTX 2080 Ti file runs about 0.25 ms faster in its
+last 2,000 rows than before; the paper split puts its validation rows at
+70-85% and its test rows at 85-100%, so the last 500 validation rows already
+show the new level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def best_split(x: np.ndarray, min_segment: int) -> tuple[int, float]:
+    """(t, z): the split of ``x`` into ``x[:t]``, ``x[t:]`` whose means differ most.
+
+    ``z`` is the Welch statistic of the difference of the two means; both
+    sides hold at least ``min_segment`` values. (0, 0.0) when ``x`` is too
+    short to split.
+    """
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    if n < 2 * min_segment:
+        return 0, 0.0
+    s1, s2 = np.cumsum(x), np.cumsum(x * x)
+    t = np.arange(min_segment, n - min_segment + 1)
+    left_n, right_n = t, n - t
+    left_sum, right_sum = s1[t - 1], s1[-1] - s1[t - 1]
+    left_sq, right_sq = s2[t - 1], s2[-1] - s2[t - 1]
+    left_mean, right_mean = left_sum / left_n, right_sum / right_n
+    left_var = np.maximum(left_sq / left_n - left_mean**2, 1e-12)
+    right_var = np.maximum(right_sq / right_n - right_mean**2, 1e-12)
+    z = (right_mean - left_mean) / np.sqrt(left_var / left_n + right_var / right_n)
+    i = int(np.argmax(np.abs(z)))
+    return int(t[i]), float(z[i])
+
+
+def last_level(residuals_ms: Any,
+               *,
+               min_segment: int | None = None,
+               z_threshold: float = 5.0) -> dict:
+    """The level of the latest segment of residuals (measured minus predicted, in order).
+
+    Splits the sequence at its most significant level shift and keeps the
+    later part, again and again, while a shift with ``|z| > z_threshold``
+    and at least ``min_segment`` rows on each side remains.
+
+    Args:
+      residuals_ms: float[m], in measurement order.
+      min_segment: fewest rows a segment may have (default: 5% of the rows,
+        at least 20).
+      z_threshold: Welch statistic a shift needs to count.
+
+    Returns:
+      dict with ``offset_ms`` (mean residual of the latest segment: what to
+      add to predictions), ``start`` (index where that segment begins),
+      ``shifts`` (list of (index, z) of the shifts found) and ``rows``.
+    """
+    r = np.asarray(residuals_ms, np.float64).reshape(-1)
+    if r.size == 0:
+        return {'offset_ms': 0.0, 'start': 0, 'shifts': [], 'rows': 0}
+    if not np.all(np.isfinite(r)):
+        raise ValueError('residuals_ms: non-finite values; drop rows without a prediction first')
+    if min_segment is None:
+        min_segment = max(20, r.size // 20)
+    start, shifts = 0, []
+    while True:
+        t, z = best_split(r[start:], min_segment)
+        if t == 0 or abs(z) <= z_threshold:
+            break
+        start += t
+        shifts.append((start, z))
+    return {
+        'offset_ms': float(r[start:].mean()),
+        'start': int(start),
+        'shifts': [(int(i), float(z)) for i, z in shifts],
+        'rows': int(r.size - start),
+    }
