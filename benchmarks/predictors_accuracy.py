@@ -83,7 +83,7 @@ def main(argv):
                    (f' --config.lut={cfg.lut}' if model == 'lut' else '') +
                    (f' --config.drift={drift}' if drift != 'none' else '') + f' --workdir={work}')
             runs = [r for r in runs if (r['dataset'], r['model']) != (ds, label)]
-            runs.append({'dataset': ds, 'model': label, 'command': cmd, **out})
+            runs.append({**out, 'dataset': ds, 'model': label, 'command': cmd})
             print(
                 f'{ds} {label}: rmse {out["rmse_ms"]:.4f} ms, mae {out["mae_ms"]:.4f} ms, '
                 f'mape {out["mape"]:.3f}%',
