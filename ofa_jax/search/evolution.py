@@ -35,9 +35,11 @@ Infeasible candidates are handled inside the jitted step:
   duplicate child) never crowd the parent pool;
 * since a copy is never selected, it is never scored either: the constraint
   and the objective see only new sub-networks (:func:`score_where`, in
-  chunks of ``score_chunk`` rows). Once the population converges, half or
-  more of OFA's children are copies, so this saves that share of the
-  predictor calls without changing any result.
+  chunks of ``score_chunk`` rows). With OFA's defaults, its accuracy
+  predictor and the Note10 LUT, a quarter of the 125 candidates are copies
+  and only 35-60 of the 100 children are new feasible sub-networks (parent
+  copies fill the other slots), so this saves about 45% of the predictor
+  rows without changing any result.
 
 So every returned arch meets the constraint unless no sub-network of the space
 (over the searched resolutions) can; that case is returned with
@@ -103,8 +105,8 @@ class EvoParams:
         sub-networks (neither a parent nor an earlier candidate of the same
         generation), ``score_chunk`` rows at a time until all are covered
         (static; 0 scores every row in one call). Copies are never selected,
-        so skipping them changes no result, and once the population
-        converges half or more of OFA's children are copies.
+        so skipping them changes no result (and saves ~45% of the rows
+        with OFA's defaults, see the module docstring).
     """
 
     mutate_prob: Any = 0.1
