@@ -28,8 +28,6 @@ from experiments.configs import transfer as transfer_config  # noqa: E402
 from ofa_jax import csvio  # noqa: E402
 from predictors import experiment_fit  # noqa: E402
 from predictors import experiment_transfer  # noqa: E402
-from predictors import features  # noqa: E402
-from predictors import fit  # noqa: E402
 from predictors import metrics  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
@@ -56,16 +54,13 @@ FLAGS = flags.FLAGS
 def own_rows_metrics(path: str, cfg) -> dict:
     """Additive model on the file's first 70% (early stop on 70-80%), scored on its last 20%."""
     table = csvio.read_ofa_csv(path)
-    n = len(table)
-    a, b, c = int(0.7 * n), int(0.8 * n), n
-    pred, _ = fit.fit_predictor('additive',
-                                table.archs[:a],
-                                table.latency_ms[:a],
-                                table.archs[a:b],
-                                table.latency_ms[a:b],
-                                fspec=features.fit_feature_spec(table.archs[:a], width=1.2),
-                                config=experiment_fit.train_config(cfg))
-    return metrics.all_metrics(np.asarray(pred(table.archs[b:c])), table.latency_ms[b:c])
+    a, b = int(0.7 * len(table)), int(0.8 * len(table))
+    pred = experiment_transfer.fit_file_model(table,
+                                              slice(0, a),
+                                              slice(a, b),
+                                              config=experiment_fit.train_config(cfg),
+                                              width=1.2)
+    return metrics.all_metrics(np.asarray(pred(table.archs[b:])), table.latency_ms[b:])
 
 
 def main(argv):
@@ -75,6 +70,7 @@ def main(argv):
         print(f'skip: {data} not found')
         return
     results = {}
+    os.makedirs(FLAGS.out, exist_ok=True)
     json_path = os.path.join(FLAGS.out, 'predictors_help.json')
     if FLAGS.summarize_only:
         with open(json_path) as f:

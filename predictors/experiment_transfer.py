@@ -192,18 +192,24 @@ def _train_context_model(kind, tables, parsed, config, tcfg, width):
     return pred
 
 
-def _train_source_model(table, config, tcfg, width):
-    """The additive predictor of one source file (first 90% train, last 10% early stop)."""
-    cut = int(0.9 * len(table))
+def fit_file_model(table: csvio.LatencyTable,
+                   train: slice,
+                   val: slice,
+                   *,
+                   config: ml_collections.ConfigDict,
+                   width: float,
+                   seed: int = 0,
+                   meta: dict[str, Any] | None = None) -> checkpoint.Predictor:
+    """The additive predictor of one file's ``train`` rows, early-stopped on its ``val`` rows."""
     pred, _ = fit.fit_predictor('additive',
-                                table.archs[:cut],
-                                table.latency_ms[:cut],
-                                table.archs[cut:],
-                                table.latency_ms[cut:],
-                                fspec=features.fit_feature_spec(table.archs[:cut], width=width),
-                                config=tcfg,
-                                seed=int(config.seed),
-                                meta={'kind': 'stack'})
+                                table.archs[train],
+                                table.latency_ms[train],
+                                table.archs[val],
+                                table.latency_ms[val],
+                                fspec=features.fit_feature_spec(table.archs[train], width=width),
+                                config=config,
+                                seed=seed,
+                                meta=meta)
     return pred
 
 
@@ -262,8 +268,18 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         timing['paper_train_s'] = time.perf_counter() - t0
     if any(s.startswith('stack') for s in strategies):
         t0 = time.perf_counter()
+        # Each source: first 90% of its rows to train, last 10% to early-stop.
         bases['stack'] = [
-            _train_source_model(tables[f], config, tcfg, width) for f in parsed['sources']
+            fit_file_model(tables[f],
+                           slice(0, int(0.9 * len(tables[f]))),
+                           slice(int(0.9 * len(tables[f])), None),
+                           config=tcfg,
+                           width=width,
+                           seed=int(config.seed),
+                           meta={
+                               'kind': 'stack',
+                               'source': f
+                           }) for f in parsed['sources']
         ]
         timing['stack_train_s'] = time.perf_counter() - t0
     tgt_batch = parsed['batch'][parsed['target']]

@@ -226,10 +226,14 @@ _NUM_GENES = 2 * space.NUM_BLOCKS + space.NUM_STAGES + 1
 _NUM_COINS = space.NUM_BLOCKS + space.NUM_STAGES + 1
 
 
+def _uniform_index(bits: jax.Array, n: int) -> jax.Array:
+    """One uniform int32 in [0, n) per uint32 draw (modulo bias below n / 2^32)."""
+    return (bits % jnp.uint32(n)).astype(jnp.int32)
+
+
 def _pick(bits: jax.Array, choices: Sequence[int]) -> jax.Array:
-    """One uniform choice per uint32 draw (modulo bias < 2^-27 for <= 25 choices)."""
-    index = (bits % jnp.uint32(len(choices))).astype(jnp.int32)
-    return jnp.asarray(choices, jnp.int32)[index]
+    """One uniform choice per uint32 draw."""
+    return jnp.asarray(choices, jnp.int32)[_uniform_index(bits, len(choices))]
 
 
 def _genomes_from_bits(bits: jax.Array, resolutions: Sequence[int]) -> space.Arch:
@@ -620,8 +624,7 @@ def _feasible_first(ok: jax.Array) -> jax.Array:
 
 def _parent_indices(key: jax.Array, n: int, num_parents: int) -> tuple[jax.Array, jax.Array]:
     """Two int32[n] arrays of uniform parent indices (one bits draw, see random_genomes)."""
-    bits = jax.random.bits(key, (2, n), jnp.uint32)
-    index = (bits % jnp.uint32(num_parents)).astype(jnp.int32)
+    index = _uniform_index(jax.random.bits(key, (2, n), jnp.uint32), num_parents)
     return index[0], index[1]
 
 
