@@ -303,7 +303,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
 
     def base_predict(base, archs):
         if isinstance(base, list):  # [S, n]: one row per source predictor.
-            return np.stack([np.asarray(p(archs), np.float64) for p in base])
+            return transfer.predict_many(base, archs)
         return np.asarray(base(archs), np.float64)
 
     eval_archs = target.archs[eval_rows]
