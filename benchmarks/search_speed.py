@@ -66,7 +66,8 @@ _PREDICTORS = flags.DEFINE_list(
     'predictors', ['random', 'trained'],
     'random: random-init MLPs; trained: OFA acc predictor + a paper '
     'MLP fit on Note10 LUT latencies (needs ../shared/data/external)')
-_SCORE_CHUNK = flags.DEFINE_integer('score_chunk', 25, 'EvoParams.score_chunk (0: score all)')
+_SCORE_CHUNK = flags.DEFINE_integer('score_chunk', 12, 'EvoParams.score_chunk (0: score all)')
+_MEMORY = flags.DEFINE_integer('memory_bits', 16, 'EvoParams.memory_bits (0: no memory)')
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),
                            'output folder')
 
@@ -147,6 +148,7 @@ def _case(params, objective, latency, budgets, fast=None):
         'fifteen': many,
         'budgets_ms': budgets,
         'all_feasible': bool(res.feasible.all() and (exact <= res.budget + 1e-5).all()),
+        'evaluations_per_search': [float(v) for v in res.evaluations.mean(axis=0)],
         'objective_mean_per_budget': {
             str(b): float(np.mean(res.objective[res.budget == np.float32(b)])) for b in budgets
         },
@@ -164,7 +166,8 @@ def main(argv):
     params = search.make_params(max_tries=_MAX_TRIES.value,
                                 candidate_ratio=_CANDIDATES.value,
                                 prng_impl=_PRNG.value,
-                                score_chunk=_SCORE_CHUNK.value)
+                                score_chunk=_SCORE_CHUNK.value,
+                                memory_bits=_MEMORY.value)
     cases = {}
     if 'random' in _PREDICTORS.value:
         acc = accuracy.init_predictor(jax.random.key(0))
@@ -187,7 +190,7 @@ def main(argv):
     load = os.getloadavg()
     print(f'\nSearch speed, MLP accuracy + MLP latency predictors, candidate_ratio='
           f'{_CANDIDATES.value}, max_tries={_MAX_TRIES.value}, prng {_PRNG.value}, '
-          f'score_chunk={_SCORE_CHUNK.value}, '
+          f'score_chunk={_SCORE_CHUNK.value}, memory_bits={_MEMORY.value}, '
           f'{os.cpu_count()} CPUs, load average {load[0]:.1f}, jax {jax.__version__}')
     print(f'{"case":<58} {"wall s":>8} {"CPU s":>7} {"compile":>8} {"target":>7} {"met":>4} '
           f'{"OFA (>=9 s/search)":>18}')
@@ -201,7 +204,10 @@ def main(argv):
         print(f'  {label}: all 15 results feasible under the float32 latency predictor: '
               f'{case["all_feasible"]}; budgets (ms, latency quantiles) {case["budgets_ms"]}; '
               f'mean objective per budget '
-              f'{[round(v, 4) for v in case["objective_mean_per_budget"].values()]}')
+              f'{[round(v, 4) for v in case["objective_mean_per_budget"].values()]}; rows '
+              f'scored per search (latency, objective) '
+              f'{[round(v) for v in case["evaluations_per_search"]]} of '
+              f'{params.num_candidates * params.num_generations} candidates drawn')
     if load[0] > 1.5:
         print('NOTE: machine busy (load average > 1.5): rerun on a quiet machine.')
     os.makedirs(_OUT.value, exist_ok=True)
@@ -219,11 +225,13 @@ def main(argv):
                         'fifteen_searches_process_cpu_seconds': case['fifteen'][3],
                         'compile_seconds': [case['one'][1], case['fifteen'][1]],
                         'all_feasible': case['all_feasible'],
+                        'evaluations_per_search': case['evaluations_per_search'],
                         'budgets_ms': case['budgets_ms'],
                         'objective_mean_per_budget': case['objective_mean_per_budget'],
                     } for label, case in cases.items()
                 },
                 'score_chunk': _SCORE_CHUNK.value,
+                'memory_bits': _MEMORY.value,
                 'max_tries': _MAX_TRIES.value,
                 'candidate_ratio': _CANDIDATES.value,
                 'prng_impl': _PRNG.value,

@@ -97,7 +97,8 @@ class EvolveTest(parameterized.TestCase):
     @parameterized.named_parameters(('candidates', 1.5), ('redraw', 0.0))
     def test_ask_tell_shapes_and_feasibility(self, ratio):
         import dataclasses
-        params = dataclasses.replace(SMALL_PARAMS, candidate_ratio=ratio)
+        # Without the memory, so that ok is exactly "new in this generation".
+        params = dataclasses.replace(SMALL_PARAMS, candidate_ratio=ratio, memory_bits=0)
         budget = SMALLEST + 0.3 * (LARGEST - SMALLEST)
         cons = lambda a: latency(a) <= budget
 
@@ -105,7 +106,7 @@ class EvolveTest(parameterized.TestCase):
         def one_generation(key):
             k0, k1 = jax.random.split(key)
             state = evolution.init(k0, params, objective, cons)
-            children, ok = evolution.ask(k1, state, params, cons)
+            children, ok, state = evolution.ask(k1, state, params, cons)
             fit = objective(space.canonicalize(children))
             return state, children, ok, evolution.tell(children, fit, ok, state, params)
 
@@ -184,6 +185,62 @@ class EvolveTest(parameterized.TestCase):
         chex.assert_trees_all_close(out[0].arch, out[1].arch)
         np.testing.assert_allclose(out[0].history, out[1].history, rtol=1e-6)
 
+    @parameterized.named_parameters(('candidates', 1.25), ('redraw', 0.0))
+    def test_memory_changes_no_result_and_saves_rows(self, ratio):
+        import dataclasses
+        budgets = SMALLEST + np.array([0.1, 0.4]) * (LARGEST - SMALLEST)
+        seeds, flat = search.grid(budgets, [0, 1])
+        out = []
+        for bits in (0, 12):
+            params = dataclasses.replace(SMALL_PARAMS, candidate_ratio=ratio, memory_bits=bits)
+            out.append(
+                jax.device_get(search.make_budget_search(params, objective, latency)(seeds, flat)))
+        chex.assert_trees_all_equal(out[0].arch, out[1].arch)
+        np.testing.assert_array_equal(out[0].history, out[1].history)
+        np.testing.assert_array_equal(out[0].objective, out[1].objective)
+        # The memory spares objective rows in both modes, constraint rows
+        # only with candidate_ratio (redraws are not remembered).
+        no_mem, mem = out[0].evaluations, out[1].evaluations
+        self.assertTrue((mem[:, 1] < no_mem[:, 1]).all(), (no_mem, mem))
+        if ratio:
+            self.assertTrue((mem[:, 0] < no_mem[:, 0]).all(), (no_mem, mem))
+        else:
+            np.testing.assert_array_equal(mem[:, 0], no_mem[:, 0])
+
+    def test_memory_recalls_what_it_stored(self):
+        archs = space.sample(jax.random.key(7), (64,), resolutions=RES)
+        bits = 10
+        slot, tag = evolution.memory_keys(archs, bits)
+        self.assertLen(np.unique(np.asarray(tag)), 64)
+        memory = evolution.empty_memory(bits)
+        np.testing.assert_array_equal(evolution.recall(memory, slot, tag), 0)
+        status = jnp.where(jnp.arange(64) % 2 == 0, evolution.TOLD, evolution.INFEASIBLE)
+        write = jnp.arange(64) < 48
+        memory = evolution.remember(memory, slot, tag, status, write)
+        got = np.asarray(evolution.recall(memory, slot, tag))
+        np.testing.assert_array_equal(got[48:], evolution.UNSEEN)
+        # Direct-mapped: of rows sharing a slot one is recalled, the others are unseen.
+        slots = np.asarray(slot)[:48]
+        for s_ in np.unique(slots):
+            rows = np.flatnonzero(slots == s_)
+            recalled = rows[got[rows] != evolution.UNSEEN]
+            self.assertLen(recalled, 1)
+            self.assertEqual(got[recalled[0]], int(status[recalled[0]]))
+        self.assertGreater(len(np.unique(slots)), 40)
+        # Genomes of one sub-network (they differ only past a stage's depth) share a key.
+        one = archs[:1].replace(depth=archs.depth[:1].at[0, 0].set(2))
+        twins = [one.replace(kernel=one.kernel.at[0, 3].set(k)) for k in (3, 7)]
+        keys = [tuple(int(v[0]) for v in evolution.memory_keys(t, bits)) for t in twins]
+        self.assertEqual(keys[0], keys[1])
+        # Keys that share a slot in one call: the result is the larger entry,
+        # whatever the order of the rows.
+        same = jnp.zeros((2,), jnp.int32)
+        tags = jnp.asarray([8, 4], jnp.uint32)
+        for perm in (np.array([0, 1]), np.array([1, 0])):
+            m = evolution.remember(evolution.empty_memory(4), same[perm], tags[perm],
+                                   jnp.asarray([3, 1])[perm], jnp.ones(2, bool))
+            self.assertEqual(int(m[0]), 8 | 3)
+
     def test_feasible_all_budgets_impossible_flagged_compiles_once(self):
         evo, _ = _searches()
         fracs = np.array([0.0, 0.05, 0.2, 0.5, 1.0])
@@ -231,7 +288,8 @@ class ParetoTest(absltest.TestCase):
                                    objective=np.array([.1, .2, .25, .3]),
                                    latency=np.array([.9, 1.9, 2.5, 3.9]),
                                    feasible=np.array([True, True, True, False]),
-                                   history=np.zeros((n, 2)))
+                                   history=np.zeros((n, 2)),
+                                   evaluations=np.zeros((n, 2), np.int32))
         path = os.path.join(self.create_tempdir().full_path, 'p.png')
         search.plot_pareto(path, res, objective_name='proxy:macs', reference={2.0: 0.2})
         self.assertGreater(os.path.getsize(path), 1000)
@@ -318,6 +376,11 @@ class ExperimentTest(absltest.TestCase):
             self.assertEqual(row['objective_name'], 'proxy:macs_millions')
             self.assertLessEqual(row['latency_ms'], row['budget_ms'])
             self.assertTrue(row['feasible'])
+            # Never more rows than drawn: up to 20 rounds of first population,
+            # then 1.25 x population_size candidates per generation.
+            n, gens = saved['population_size'], saved['num_generations']
+            self.assertBetween(row['latency_evaluations'], n, n * (20 + 1.25 * gens))
+            self.assertBetween(row['objective_evaluations'], n, n * (1 + gens))
             space.from_ofa_dict(row['arch'])
         self.assertEqual(saved['resolutions'], list(range(160, 225, 4)))
         self.assertGreater(saved['search_seconds'], 0.0)

@@ -81,4 +81,9 @@ def random_search(key: jax.Array, params: RandomParams, objective: evolution.Obj
     carry = (first, jnp.float32(-jnp.inf), jnp.zeros((), bool))
     (best, best_fit, best_ok), history = jax.lax.scan(step, carry,
                                                       jax.random.split(key, params.num_batches))
-    return evolution.EvoResult(arch=best, objective=best_fit, feasible=best_ok, history=history)
+    rows = jnp.int32(params.num_batches * n)
+    return evolution.EvoResult(arch=best,
+                               objective=best_fit,
+                               feasible=best_ok,
+                               history=history,
+                               evaluations=jnp.stack([rows, rows]))

@@ -39,7 +39,17 @@ Infeasible candidates are handled inside the jitted step:
   predictor and the Note10 LUT, a quarter of the 125 candidates are copies
   and only 35-60 of the 100 children are new feasible sub-networks (parent
   copies fill the other slots), so this saves about 45% of the predictor
-  rows without changing any result.
+  rows without changing any result;
+* a search also remembers the sub-networks it has scored (a hash table in
+  :class:`EvoState`, ``memory_bits``): one that failed the constraint fails
+  it again, and one scored and not selected cannot be selected later (the
+  parents' worst objective only rises), so neither is scored again. A
+  remembered child keeps its slot, so the search makes exactly the choices
+  it would make without the memory (test
+  ``test_memory_changes_no_result_and_saves_rows``). With the same inputs
+  ~40% of the new candidates were scored in an earlier generation; the
+  memory cut the latency rows of a search by 36% and the objective rows by
+  43%. ``EvoResult.evaluations`` counts the rows each function scored.
 
 So every returned arch meets the constraint unless no sub-network of the space
 (over the searched resolutions) can; that case is returned with
@@ -107,6 +117,14 @@ class EvoParams:
         (static; 0 scores every row in one call). Copies are never selected,
         so skipping them changes no result (and saves ~45% of the rows
         with OFA's defaults, see the module docstring).
+      memory_bits: with ``candidate_ratio``, a search remembers the
+        sub-networks it has scored in a table of ``2**memory_bits`` entries
+        (4 bytes each, 256 KiB by default) and never scores one again: one
+        found infeasible stays infeasible, and one that was scored and not
+        selected can never be selected later, since the parents' worst
+        objective only rises (static; 0 disables it). Assumes a
+        deterministic objective and constraint, as predictors and LUTs are.
+        See :func:`recall`.
     """
 
     mutate_prob: Any = 0.1
@@ -121,7 +139,8 @@ class EvoParams:
     init_rounds: int = flax.struct.field(pytree_node=False, default=20)
     candidate_ratio: float = flax.struct.field(pytree_node=False, default=1.25)
     prng_impl: str = flax.struct.field(pytree_node=False, default='rbg')
-    score_chunk: int = flax.struct.field(pytree_node=False, default=25)
+    score_chunk: int = flax.struct.field(pytree_node=False, default=12)
+    memory_bits: int = flax.struct.field(pytree_node=False, default=16)
 
     @property
     def num_parents(self) -> int:
@@ -167,6 +186,7 @@ def make_params(*, resolutions: Sequence[int] = OFA_FINDER_RESOLUTIONS, **kwargs
         'candidate_ratio': params.candidate_ratio == 0 or params.candidate_ratio >= 1,
         'prng_impl': params.prng_impl in PRNG_IMPLS,
         'score_chunk': params.score_chunk >= 0,
+        'memory_bits': 0 <= params.memory_bits <= 28,
     }
     for name, ok in checks.items():
         if not ok:
@@ -174,7 +194,7 @@ def make_params(*, resolutions: Sequence[int] = OFA_FINDER_RESOLUTIONS, **kwargs
                              '(population_size >= 2, num_generations >= 1, 0 < parent_ratio '
                              '<= 1, 0 <= mutation_ratio <= 1, max_tries >= 1, retry_size >= 0, '
                              'init_rounds >= 1, candidate_ratio 0 or >= 1, prng_impl in '
-                             f'{PRNG_IMPLS}, score_chunk >= 0)')
+                             f'{PRNG_IMPLS}, score_chunk >= 0, 0 <= memory_bits <= 28)')
     return params
 
 
@@ -188,12 +208,18 @@ class EvoState:
       fitness: float32[num_parents], objective of each parent.
       feasible: bool[num_parents], whether each parent meets the constraint.
       generation: int32, generations told so far.
+      memory: uint32[2**memory_bits], the sub-networks scored so far (see
+        :func:`recall`; shape [0] when ``memory_bits`` is 0).
+      evaluations: int32[2], rows scored so far by the constraint and by
+        the objective (padding of the last chunk not counted).
     """
 
     parents: space.Arch
     fitness: jax.Array
     feasible: jax.Array
     generation: jax.Array
+    memory: jax.Array
+    evaluations: jax.Array
 
 
 @flax.struct.dataclass
@@ -207,6 +233,8 @@ class EvoResult:
         the space over the searched resolutions could be found that does
         (e.g. a latency budget below the smallest sub-network's latency).
       history: float32[num_generations], best objective after each generation.
+      evaluations: int32[2], sub-networks scored by the constraint and by the
+        objective over the whole search.
       state: the final :class:`EvoState` (None for random search).
     """
 
@@ -214,6 +242,7 @@ class EvoResult:
     objective: jax.Array
     feasible: jax.Array
     history: jax.Array
+    evaluations: jax.Array
     state: Any = None
 
 
@@ -344,7 +373,8 @@ def resample_until_feasible(key: jax.Array, propose: Callable[[jax.Array, jax.Ar
       retry_size: slots redrawn per retry.
 
     Returns:
-      (archs, feasible) for every slot.
+      (archs, feasible) for every slot, and the int32 number of constraint
+      rows evaluated.
     """
     k0, key = jax.random.split(key)
     first = propose(k0, jnp.arange(num_slots))
@@ -368,8 +398,9 @@ def resample_until_feasible(key: jax.Array, propose: Callable[[jax.Array, jax.Ar
                                       _where(take, new, old), old)
         return key, t + 1, cand, ok.at[slots].set(ok[slots] | take)
 
-    _, _, cand, ok = jax.lax.while_loop(cond, body, carry)
-    return _where(ok, cand, fallback), ok | fallback_ok
+    _, tries, cand, ok = jax.lax.while_loop(cond, body, carry)
+    rows = num_slots + (tries - 1) * retry_size
+    return _where(ok, cand, fallback), ok | fallback_ok, rows
 
 
 def initial_population(key: jax.Array, params: EvoParams,
@@ -383,7 +414,8 @@ def initial_population(key: jax.Array, params: EvoParams,
     where OFA needs ~80,000 uniform draws at tight budgets.
 
     Returns:
-      (genomes [population_size], feasible bool[population_size]).
+      (genomes [population_size], feasible bool[population_size], int32
+      constraint rows evaluated).
     """
     n, rounds = params.population_size, params.init_rounds
     small = smallest_genomes(n, params.resolutions)
@@ -415,8 +447,8 @@ def initial_population(key: jax.Array, params: EvoParams,
         new_ok = _check(constraint, new)
         return key, t + 1, _where(ok, cand, new), ok | new_ok
 
-    _, _, genomes, ok = jax.lax.while_loop(cond, body, carry)
-    return genomes, ok
+    _, rounds_run, genomes, ok = jax.lax.while_loop(cond, body, carry)
+    return genomes, ok, rounds_run * n
 
 
 # ---------------------------------------------------------------------------
@@ -451,6 +483,69 @@ def new_children(children: space.Arch, parents: space.Arch) -> jax.Array:
     first = _first_occurrence(hashes)[-n:]
     parent_hashes = hashes[:-n]
     return first & ~jnp.any(hashes[-n:, None] == parent_hashes[None, :], axis=1)
+
+
+# A memory entry: 30 bits of one hash of the canonical sub-network (its slot
+# comes from a second, independent hash) and 2 bits of what is known of it.
+UNSEEN, INFEASIBLE, TOLD = 0, 1, 3
+_STATUS_BITS = jnp.uint32(3)
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: every output bit depends on every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def memory_keys(genomes: space.Arch, memory_bits: int) -> tuple[jax.Array, jax.Array]:
+    """(slot int32[n], tag uint32[n]) of each canonical genome in a memory table.
+
+    Two random-coefficient polynomials over the genes, each finalised by
+    :func:`_fmix32`: the slot is the top ``memory_bits`` bits of one, the tag
+    the top 30 bits of the other, so two distinct sub-networks are confused
+    only when both agree (about 2^-30 per lookup against the one entry of
+    its slot).
+    """
+    g = space.canonicalize(genomes)
+    genes = jnp.concatenate([g.kernel, g.expand, g.depth, g.resolution[..., None]],
+                            axis=-1).astype(jnp.uint32)
+    coef = jax.random.bits(jax.random.key(20201201), (2, genes.shape[-1]), jnp.uint32)
+    h = _fmix32(jnp.sum(genes[..., None, :] * coef, axis=-1, dtype=jnp.uint32))
+    slot = (h[..., 0] >> (32 - memory_bits)).astype(jnp.int32)
+    return slot, h[..., 1] & ~_STATUS_BITS
+
+
+def empty_memory(memory_bits: int) -> jax.Array:
+    """A memory table with no entry (uint32[2**memory_bits]; [0] when disabled)."""
+    return jnp.zeros((1 << memory_bits) if memory_bits else 0, jnp.uint32)
+
+
+def recall(memory: jax.Array, slot: jax.Array, tag: jax.Array) -> jax.Array:
+    """int32 status of each key: UNSEEN, INFEASIBLE (failed the constraint) or
+    TOLD (feasible, scored by the objective and handed to :func:`tell`).
+
+    The memory is a direct-mapped table: a newer sub-network with the same
+    slot overwrites an older one, which is then only scored again.
+    """
+    entry = memory[slot]
+    known = (entry != 0) & ((entry & ~_STATUS_BITS) == tag)
+    return jnp.where(known, entry & _STATUS_BITS, UNSEEN).astype(jnp.int32)
+
+
+def remember(memory: jax.Array, slot: jax.Array, tag: jax.Array, status: jax.Array,
+             write: jax.Array) -> jax.Array:
+    """The memory with ``status`` stored for the keys where ``write``.
+
+    Keys sharing a slot in one call resolve to the largest entry, so the
+    result does not depend on the order of the scatter (deterministic on
+    every backend).
+    """
+    idx = jnp.where(write, slot, memory.shape[0])
+    memory = memory.at[idx].set(0, mode='drop')
+    return memory.at[idx].max(tag | jnp.asarray(status, jnp.uint32), mode='drop')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -560,29 +655,40 @@ def _shared_score_where(fn: Callable[[space.Arch], jax.Array], chunk: int, fill:
 def init(key: jax.Array, params: EvoParams, objective: Objective,
          constraint: Constraint) -> EvoState:
     """Builds and scores the first population and keeps the best as parents."""
-    genomes, ok = initial_population(key, params, constraint)
+    genomes, ok, checked = initial_population(key, params, constraint)
     fitness = jnp.asarray(objective(space.canonicalize(genomes)), jnp.float32)
-    eligible = ok & _first_occurrence(genome_hash(genomes))
+    first = _first_occurrence(genome_hash(genomes))
+    eligible = ok & first
     _, idx = jax.lax.top_k(_rank_key(fitness, eligible), params.num_parents)
+    memory = empty_memory(params.memory_bits)
+    if params.memory_bits:
+        slot, tag = memory_keys(genomes, params.memory_bits)
+        memory = remember(memory, slot, tag, jnp.where(ok, TOLD, INFEASIBLE), first)
     return EvoState(parents=genomes[idx],
                     fitness=fitness[idx],
                     feasible=ok[idx],
-                    generation=jnp.zeros((), jnp.int32))
+                    generation=jnp.zeros((), jnp.int32),
+                    memory=memory,
+                    evaluations=jnp.stack([checked, jnp.int32(params.population_size)]))
 
 
 def ask(key: jax.Array, state: EvoState, params: EvoParams,
-        constraint: Constraint) -> tuple[space.Arch, jax.Array]:
+        constraint: Constraint) -> tuple[space.Arch, jax.Array, EvoState]:
     """Proposes one generation of children: mutants, then crossovers.
 
     Parents are drawn uniformly from ``state.parents``. Infeasible children
     are redrawn (or, with ``candidate_ratio``, over-drawn) and a slot left
     without a feasible child falls back to a copy of its (first) parent.
+    Sub-networks the search has already scored are not checked again (the
+    memory, ``EvoParams.memory_bits``).
 
     Returns:
       (children Arch[population_size] as genomes, bool[population_size]: True
-      for a feasible child that is a new sub-network, i.e. neither a parent
-      nor an earlier child; only these need an objective value, and
-      :func:`tell` selects only these among the children).
+      for a feasible child that is a new sub-network, i.e. neither a parent,
+      nor an earlier child, nor one scored in an earlier generation; only
+      these need an objective value, and :func:`tell` selects only these
+      among the children; the state with its memory and evaluation count
+      updated, to pass to :func:`tell`).
     """
     if params.num_candidates:
         return _ask_oversampled(key, state, params, constraint)
@@ -604,9 +710,18 @@ def ask(key: jax.Array, state: EvoState, params: EvoParams,
         return _where(slots < num_m, mutant, child)
 
     fallback_ok = state.feasible[jnp.concatenate([im, i1])]
-    children, ok = resample_until_feasible(kp, propose, params.population_size, base_a, fallback_ok,
-                                           constraint, params.max_tries, params.num_retry)
-    return children, ok & new_children(children, state.parents)
+    children, ok, checked = resample_until_feasible(kp, propose, params.population_size, base_a,
+                                                    fallback_ok, constraint, params.max_tries,
+                                                    params.num_retry)
+    ok = ok & new_children(children, state.parents)
+    memory = state.memory
+    if params.memory_bits:  # Here the memory only spares objective rows.
+        slot, tag = memory_keys(children, params.memory_bits)
+        told = recall(memory, slot, tag) == TOLD
+        memory = remember(memory, slot, tag, TOLD, ok & ~told)
+        ok = ok & ~told
+    return children, ok, state.replace(memory=memory,
+                                       evaluations=state.evaluations.at[0].add(checked))
 
 
 def _feasible_first(ok: jax.Array) -> jax.Array:
@@ -629,7 +744,7 @@ def _parent_indices(key: jax.Array, n: int, num_parents: int) -> tuple[jax.Array
 
 
 def _ask_oversampled(key: jax.Array, state: EvoState, params: EvoParams,
-                     constraint: Constraint) -> tuple[space.Arch, jax.Array]:
+                     constraint: Constraint) -> tuple[space.Arch, jax.Array, EvoState]:
     """``ask`` with ``candidate_ratio``: one batch of candidates, feasible ones kept."""
     num_p, total, n = params.num_parents, params.num_candidates, params.population_size
     # Mutants spread evenly among the candidates, so that keeping the first n
@@ -645,11 +760,33 @@ def _ask_oversampled(key: jax.Array, state: EvoState, params: EvoParams,
     cross = crossover(kx, base_a, base_b)
     cand = _where(is_mutant, mutant, cross)
     # Copies of a parent or of an earlier candidate would never be selected:
-    # skip them before the (costly) constraint.
-    ok = _check_where(constraint, cand, new_children(cand, state.parents), params.score_chunk)
+    # skip them before the (costly) constraint; so are sub-networks already
+    # scored in an earlier generation (the memory).
+    new = new_children(cand, state.parents)
+    known = jnp.zeros((total,), jnp.int32)
+    if params.memory_bits:
+        slot, tag = memory_keys(cand, params.memory_bits)
+        known = recall(state.memory, slot, tag)
+    check = new & (known == UNSEEN)
+    ok = _check_where(constraint, cand, check, params.score_chunk) | (new & (known == TOLD))
     order = _feasible_first(ok)[:n]
     keep = ok[order]
-    return _where(keep, cand[order], base_a[order]), keep
+    memory = state.memory
+    if params.memory_bits:
+        # Feasible candidates beyond the n kept are not remembered: the
+        # memory only ever excludes a sub-network, so a hash collision can
+        # cost a child but never admit an infeasible one.
+        kept = jnp.zeros((total,), bool).at[order].set(keep)
+        status = jnp.where(kept, TOLD, INFEASIBLE)
+        memory = remember(memory, slot, tag, status, (kept | (check & ~ok)) & (status != known))
+    # A kept child told in an earlier generation was not selected then and
+    # cannot be now (the parents' worst objective only rises): it keeps its
+    # slot, so the other children are those of a search without memory, but
+    # is neither scored nor selected.
+    fresh = keep & (known[order] != TOLD)
+    state = state.replace(memory=memory,
+                          evaluations=state.evaluations.at[0].add(jnp.sum(check, dtype=jnp.int32)))
+    return _where(keep, cand[order], base_a[order]), fresh, state
 
 
 def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: EvoState,
@@ -662,6 +799,7 @@ def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: E
     parent in :func:`ask` are such copies.
     """
     genomes = _concat(state.parents, children)
+    evaluations = state.evaluations.at[1].add(jnp.sum(feasible, dtype=jnp.int32))
     fitness = jnp.concatenate([state.fitness, jnp.asarray(fitness, jnp.float32)])
     feasible = jnp.concatenate([state.feasible, jnp.asarray(feasible, bool)])
     eligible = feasible & _first_occurrence(genome_hash(genomes))
@@ -669,10 +807,11 @@ def tell(children: space.Arch, fitness: jax.Array, feasible: jax.Array, state: E
     # best feasible arch is never lost.
     eligible = eligible.at[:params.num_parents].set(feasible[:params.num_parents])
     _, idx = jax.lax.top_k(_rank_key(fitness, eligible), params.num_parents)
-    return EvoState(parents=genomes[idx],
-                    fitness=fitness[idx],
-                    feasible=feasible[idx],
-                    generation=state.generation + 1)
+    return state.replace(parents=genomes[idx],
+                         fitness=fitness[idx],
+                         feasible=feasible[idx],
+                         generation=state.generation + 1,
+                         evaluations=evaluations)
 
 
 def evolve(key: jax.Array, params: EvoParams, objective: Objective,
@@ -695,7 +834,7 @@ def evolve(key: jax.Array, params: EvoParams, objective: Objective,
     state = init(k_init, params, objective, constraint)
 
     def step(state, key):
-        children, ok = ask(key, state, params, constraint)
+        children, ok, state = ask(key, state, params, constraint)
         fitness = score_where(objective, space.canonicalize(children), ok, params.score_chunk,
                               jnp.nan)
         state = tell(children, fitness, ok, state, params)
@@ -706,6 +845,7 @@ def evolve(key: jax.Array, params: EvoParams, objective: Objective,
                      objective=state.fitness[0],
                      feasible=state.feasible[0],
                      history=history,
+                     evaluations=state.evaluations,
                      state=state)
 
 

@@ -9,7 +9,8 @@ call and writes ``workdir/search.json``::
 
     {"search_seconds": <wall time of the compiled call>,
      "results": [{"budget_ms", "seed", "latency_ms", "objective",
-                  "objective_name", "feasible", "arch": <OFA dict>}, ...]}
+                  "objective_name", "feasible", "latency_evaluations",
+                  "objective_evaluations", "arch": <OFA dict>}, ...]}
 
 plus ``workdir/pareto.png``; with ``verify`` it also measures every found arch
 on this device and reports measured latency against the budget.
@@ -156,6 +157,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'objective': float(res.objective[i]),
             'objective_name': objective.name,
             'feasible': bool(res.feasible[i]),
+            'latency_evaluations': int(res.evaluations[i, 0]),
+            'objective_evaluations': int(res.evaluations[i, 1]),
             'arch': space.to_ofa_dict(arch),
         })
     if config.verify:

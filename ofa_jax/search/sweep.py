@@ -35,6 +35,8 @@ class BudgetResults:
       feasible: bool[B]; False means no searched arch met the constraint
         (budget below the smallest sub-network), and the arch must not be used.
       history: float32[B, steps], best objective per generation/batch.
+      evaluations: int32[B, 2], sub-networks scored by the latency constraint
+        and by the objective in each search.
     """
 
     budget: jax.Array
@@ -44,6 +46,7 @@ class BudgetResults:
     latency: jax.Array
     feasible: jax.Array
     history: jax.Array
+    evaluations: jax.Array
 
 
 def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
@@ -115,7 +118,8 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
                              objective=res.objective,
                              latency=latency.astype(jnp.float32),
                              feasible=res.feasible,
-                             history=res.history)
+                             history=res.history,
+                             evaluations=res.evaluations)
 
     def search(seeds: jax.Array, budgets: jax.Array) -> BudgetResults:
         return jax.vmap(one)(jnp.asarray(seeds, jnp.int32), jnp.asarray(budgets, jnp.float32))
