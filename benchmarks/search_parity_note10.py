@@ -43,7 +43,7 @@ _SEEDS = flags.DEFINE_integer('seeds', 5, 'evolution seeds per budget (one vmapp
 _RANDOM_SEEDS = flags.DEFINE_integer('random_seeds', 1,
                                      'random-search seeds per budget (0 to skip)')
 _CANDIDATES = flags.DEFINE_float('candidate_ratio', 1.25, 'EvoParams.candidate_ratio')
-_PRNG = flags.DEFINE_string('prng_impl', 'rbg', 'EvoParams.prng_impl')
+_PRNG = flags.DEFINE_string('prng_impl', 'threefry2x32', 'EvoParams.prng_impl')
 _PRECISION = flags.DEFINE_string('precision', 'float32',
                                  "accuracy predictor's scoring precision in the loop")
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results'),

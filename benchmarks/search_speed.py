@@ -58,7 +58,7 @@ _EXTERNAL = os.environ.get(
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'timed runs per case (median reported)')
 _MAX_TRIES = flags.DEFINE_integer('max_tries', 4, 'EvoParams.max_tries (candidate_ratio=0)')
 _CANDIDATES = flags.DEFINE_float('candidate_ratio', 1.25, 'EvoParams.candidate_ratio')
-_PRNG = flags.DEFINE_string('prng_impl', 'rbg', 'EvoParams.prng_impl')
+_PRNG = flags.DEFINE_string('prng_impl', 'threefry2x32', 'EvoParams.prng_impl')
 _PRECISIONS = flags.DEFINE_list(
     'precisions', ['float32'], 'scoring precisions of the random MLPs '
     '(predictors.accuracy.PRECISIONS)')

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
             # redraw each infeasible child up to max_tries times, as OFA does.
             candidate_ratio=1.25,
             max_tries=4,  # candidate_ratio=0: redraws before a child falls back to its parent
-            prng_impl='rbg',  # or 'threefry2x32' (JAX's default)
+            prng_impl='threefry2x32',  # JAX's default; or 'rbg', 'unsafe_rbg'
             verify=False,  # measure found archs on this device
             verify_batch=1,
             # A latency store: verify with its gauge baseline (paired protocol), the scale

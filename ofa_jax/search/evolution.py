@@ -65,6 +65,7 @@ import flax.struct
 import jax
 from jax import custom_batching
 import jax.numpy as jnp
+import numpy as np
 
 from ofa_jax import space
 
@@ -110,7 +111,9 @@ class EvoParams:
         order (parents' copies fill any shortfall): one constraint batch of C
         rows per generation, no loop, so it is the faster choice when the
         constraint is as costly as the objective (an MLP latency predictor).
-      prng_impl: the PRNG of the search key (one of ``PRNG_IMPLS``).
+      prng_impl: the PRNG of the search key (one of ``PRNG_IMPLS``). The
+        default, JAX's threefry, drew random words 3x faster than ``rbg``
+        under ``vmap`` on XLA:CPU (3.9 vs 11.6 ns a word, 2-core AMD EPYC).
       score_chunk: objective and constraint are called only on new
         sub-networks (neither a parent nor an earlier candidate of the same
         generation), ``score_chunk`` rows at a time until all are covered
@@ -138,7 +141,7 @@ class EvoParams:
     retry_size: int = flax.struct.field(pytree_node=False, default=0)
     init_rounds: int = flax.struct.field(pytree_node=False, default=20)
     candidate_ratio: float = flax.struct.field(pytree_node=False, default=1.25)
-    prng_impl: str = flax.struct.field(pytree_node=False, default='rbg')
+    prng_impl: str = flax.struct.field(pytree_node=False, default='threefry2x32')
     score_chunk: int = flax.struct.field(pytree_node=False, default=12)
     memory_bits: int = flax.struct.field(pytree_node=False, default=16)
 
@@ -256,8 +259,20 @@ _NUM_COINS = space.NUM_BLOCKS + space.NUM_STAGES + 1
 
 
 def _uniform_index(bits: jax.Array, n: int) -> jax.Array:
-    """One uniform int32 in [0, n) per uint32 draw (modulo bias below n / 2^32)."""
+    """One uniform int32 in [0, n) per draw (modulo bias below n / 2^16 for 16-bit draws)."""
     return (bits % jnp.uint32(n)).astype(jnp.int32)
+
+
+def _bits16(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """uint32[shape] uniform in [0, 2^16): both halves of each random word.
+
+    Random words are the costliest part of a generation's genetic operators
+    on XLA:CPU (~4-12 ns each under vmap), and a gene needs far fewer than
+    32 bits, so every word serves two draws.
+    """
+    n, m = shape
+    words = jax.random.bits(key, (n, -(-m // 2)), jnp.uint32)
+    return jnp.concatenate([words & 0xFFFF, words >> 16], axis=1)[:, :m]
 
 
 def _pick(bits: jax.Array, choices: Sequence[int]) -> jax.Array:
@@ -277,10 +292,11 @@ def _genomes_from_bits(bits: jax.Array, resolutions: Sequence[int]) -> space.Arc
 def random_genomes(key: jax.Array, n: int, resolutions: Sequence[int]) -> space.Arch:
     """n uniformly random genomes (not canonicalised: inactive genes kept).
 
-    All genes come from one ``jax.random.bits`` draw: on XLA:CPU a
-    ``randint`` per gene group cost ~3x the whole rest of a generation.
+    All genes come from one ``jax.random.bits`` draw (16 bits a gene): on
+    XLA:CPU a ``randint`` per gene group cost ~3x the whole rest of a
+    generation.
     """
-    return _genomes_from_bits(jax.random.bits(key, (n, _NUM_GENES), jnp.uint32), resolutions)
+    return _genomes_from_bits(_bits16(key, (n, _NUM_GENES)), resolutions)
 
 
 def smallest_genomes(n: int, resolutions: Sequence[int]) -> space.Arch:
@@ -301,10 +317,10 @@ def mutate(key: jax.Array, genomes: space.Arch, mutate_prob: jax.Array,
     same value, as in OFA.
     """
     n = genomes.resolution.shape[0]
-    bits = jax.random.bits(key, (n, _NUM_GENES + _NUM_COINS), jnp.uint32)
+    bits = _bits16(key, (n, _NUM_GENES + _NUM_COINS))
     fresh = _genomes_from_bits(bits[:, :_NUM_GENES], resolutions)
-    # 24-bit uniforms in [0, 1): flip a group when below mutate_prob.
-    coins = (bits[:, _NUM_GENES:] >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+    # 16-bit uniforms in [0, 1): flip a group when below mutate_prob.
+    coins = bits[:, _NUM_GENES:].astype(jnp.float32) * (1.0 / (1 << 16))
     flip = coins < jnp.asarray(mutate_prob, jnp.float32)
     nb, ns = space.NUM_BLOCKS, space.NUM_STAGES
     flip_b, flip_d, flip_r = flip[:, :nb], flip[:, nb:nb + ns], flip[:, nb + ns]
@@ -323,7 +339,10 @@ def _split_genes(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Arr
 def crossover(key: jax.Array, first: space.Arch, second: space.Arch) -> space.Arch:
     """OFA's uniform crossover: every gene from either parent with probability 1/2."""
     n = first.resolution.shape[0]
-    take_first = _split_genes(jax.random.bits(key, (n, _NUM_GENES), jnp.uint32) >> 31 == 0)
+    # One random bit per gene: 2 words per genome.
+    words = jax.random.bits(key, (n, -(-_NUM_GENES // 32)), jnp.uint32)
+    gene = np.arange(_NUM_GENES)
+    take_first = _split_genes((words[:, gene // 32] >> (gene % 32).astype(np.uint32)) & 1 == 0)
     fields = lambda g: (g.kernel, g.expand, g.depth, g.resolution)
     return space.Arch(
         *(jnp.where(t, a, b) for t, a, b in zip(take_first, fields(first), fields(second))))
@@ -739,8 +758,8 @@ def _feasible_first(ok: jax.Array) -> jax.Array:
 
 def _parent_indices(key: jax.Array, n: int, num_parents: int) -> tuple[jax.Array, jax.Array]:
     """Two int32[n] arrays of uniform parent indices (one bits draw, see random_genomes)."""
-    index = _uniform_index(jax.random.bits(key, (2, n), jnp.uint32), num_parents)
-    return index[0], index[1]
+    index = _uniform_index(_bits16(key, (1, 2 * n)), num_parents)
+    return index[0, :n], index[0, n:]
 
 
 def _ask_oversampled(key: jax.Array, state: EvoState, params: EvoParams,
