@@ -20,15 +20,13 @@ import jax
 import numpy as np
 
 from ofa_jax import csvio
+from ofa_jax import external_data
 from ofa_jax import space
 from predictors import lut
 
 _DATA = flags.DEFINE_string(
-    'data_dir',
-    os.environ.get(
-        'OFA_EXTERNAL_DATA',
-        os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external')),
-    'Folder holding ofa_note10_lut/ and ofanas_ofa_w1.0/.')
+    'data_dir', external_data.root(), 'Folder holding ofa_note10_lut/ and ofanas_ofa_w1.0/ '
+    '(default: $OFA_JAX_EXTERNAL_DATA or ../shared/data/external).')
 
 
 def main(argv):

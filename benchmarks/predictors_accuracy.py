@@ -23,10 +23,11 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.configs import fit_predictor as fit_config  # noqa: E402
+from ofa_jax import external_data  # noqa: E402
 from predictors import experiment_fit  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXTERNAL = os.path.abspath(os.path.join(HERE, '..', '..', 'shared', 'data', 'external'))
+EXTERNAL = external_data.root()
 PAPER = {'2080ti': {'rmse_as_reported': 0.48, 'mape': 2.4}, 'note10': {'rmse_as_reported': 0.45}}
 TARGET_RMSE = {'2080ti': 0.30, 'note10': 0.02}
 

@@ -26,12 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.configs import transfer as transfer_config  # noqa: E402
 from ofa_jax import csvio  # noqa: E402
+from ofa_jax import external_data  # noqa: E402
 from predictors import experiment_fit  # noqa: E402
 from predictors import experiment_transfer  # noqa: E402
 from predictors import metrics  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
-                    'external', 'help_ofa_w1.2')
+DATA = external_data.path('help_ofa_w1.2')
 GPUS = {'2080ti': '2080ti', 'titan_rtx': 'titan_rtx', 'titan_xp': 'titan_xp'}
 TARGETS = {1: (4.0, None), 32: (4.0, None), 64: (2.0, 10.0)}  # (20-shot MAPE, 0-shot MAPE)
 

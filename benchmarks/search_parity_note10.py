@@ -29,14 +29,13 @@ from absl import flags
 import jax
 import numpy as np
 
+from ofa_jax import external_data
 from ofa_jax import space
 from ofa_jax import search
 from predictors import accuracy
 from predictors import lut as lut_lib
 
-_EXTERNAL = os.environ.get(
-    'OFA_JAX_EXTERNAL_DATA',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_EXTERNAL = external_data.root()
 OFA_REFERENCE = {15.0: 0.7843, 20.0: 0.8068, 25.0: 0.8144, 30.0: 0.8274, 35.0: 0.8325}
 
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'evolution seeds per budget (one vmapped call)')

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ofa_jax import external_data
 from ofa_jax import space
 from ofa_jax import search
 from predictors import accuracy
@@ -51,9 +52,7 @@ from predictors import fit as fit_lib
 from predictors import lut as lut_lib
 from predictors import train as train_lib
 
-_EXTERNAL = os.environ.get(
-    'OFA_JAX_EXTERNAL_DATA',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_EXTERNAL = external_data.root()
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'timed runs per case (median reported)')
 _MAX_TRIES = flags.DEFINE_integer('max_tries', 4, 'EvoParams.max_tries (candidate_ratio=0)')

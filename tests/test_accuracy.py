@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import encoding, space
+from ofa_jax import external_data
 from predictors import accuracy
 
-_EXTERNAL = os.environ.get(
-    'OFA_JAX_EXTERNAL_DATA',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_EXTERNAL = external_data.root()
 _ACC_PTH = os.path.join(_EXTERNAL, 'ofa_acc_predictor', 'acc_predictor.pth')
 
 

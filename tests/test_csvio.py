@@ -6,9 +6,10 @@ from absl.testing import absltest
 import numpy as np
 
 from ofa_jax import csvio
+from ofa_jax import external_data
 from ofa_jax import space
 
-EXTERNAL = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external')
+EXTERNAL = external_data.root()
 ROW = ("\"{'wid': None, 'ks': [7, 7, 3, 3, 5, 7, 3, 7, 3, 7, 3, 7, 5, 7, 7, 5, 5, 5, 7, 5], "
        "'e': [6, 3, 4, 4, 3, 6, 4, 6, 6, 3, 4, 6, 6, 3, 3, 4, 6, 4, 6, 6], "
        "'d': [2, 4, 2, 3, 3], 'r': [208]}\"")

@@ -9,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import csvio
+from ofa_jax import external_data
 from ofa_jax import space
 from predictors import lut
 
-_EXTERNAL = os.environ.get(
-    'OFA_EXTERNAL_DATA',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_EXTERNAL = external_data.root()
 
 
 def _synthetic(resolutions=(128, 160), width=1.2, num_classes=10):

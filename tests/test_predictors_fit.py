@@ -8,12 +8,12 @@ import numpy as np
 
 from experiments.configs import fit_predictor as fit_config
 from ofa_jax import csvio
+from ofa_jax import external_data
 from ofa_jax import space
 from predictors import checkpoint
 from predictors import experiment_fit
 
-EXTERNAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
-                        'external')
+EXTERNAL = external_data.root()
 
 
 class FitExperimentTest(absltest.TestCase):

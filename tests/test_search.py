@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import encoding, space
+from ofa_jax import external_data
 from ofa_jax import search
 from ofa_jax.search import evolution
 
@@ -333,9 +334,7 @@ class ConstraintsTest(absltest.TestCase):
         self.assertGreater(float(big[0]), 800.0)  # w1.2 largest: 843M MACs at 224
 
 
-_EXTERNAL = os.environ.get(
-    'OFA_JAX_EXTERNAL_DATA',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_EXTERNAL = external_data.root()
 _LUT_DIR = os.path.join(_EXTERNAL, 'ofa_note10_lut')
 
 

@@ -10,11 +10,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
+from ofa_jax import external_data
 from ofa_jax import torch_pickle
 
-_EXTERNAL = os.environ.get(
-    'OFA_JAX_EXTERNAL_DATA',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'external'))
+_EXTERNAL = external_data.root()
 _ACC_PTH = os.path.join(_EXTERNAL, 'ofa_acc_predictor', 'acc_predictor.pth')
 _DTYPE_STORAGE = {np.dtype(np.float32): b'FloatStorage', np.dtype(np.int64): b'LongStorage'}
 
