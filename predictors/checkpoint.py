@@ -33,6 +33,9 @@ from predictors import models
 from predictors import train as train_lib
 
 META_FILE = 'predictor.json'
+# Written into predictor.json; load() refuses any other value (files without
+# one predate the field and are read as this format).
+FORMAT = 'ofa_jax.predictor/1'
 PARAMS_FILE = 'params.msgpack'
 
 
@@ -169,7 +172,7 @@ def save(predictor: Predictor, directory: str | os.PathLike) -> str:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     meta = {
-        'format': 'ofa_jax.predictor/1',
+        'format': FORMAT,
         'model_name': predictor.model_name,
         'model_kwargs': predictor.model_kwargs,
         'fspec': dataclasses.asdict(predictor.fspec),
@@ -213,8 +216,12 @@ def read_files(directory: str,
 
 
 def load(directory: str | os.PathLike) -> Predictor:
-    """Loads a predictor written by :func:`save`."""
+    """Loads a predictor written by :func:`save`; ``ValueError`` for another format."""
     params, meta = read_files(os.fspath(directory))
+    fmt = meta.get('format', FORMAT)
+    if fmt != FORMAT:
+        raise ValueError(f'{os.fspath(directory)}: format {fmt!r} in {META_FILE} is not '
+                         f'{FORMAT!r}, the one this version of ofa_jax reads')
     # JSON turns tuples into lists; module options must stay hashable for jit.
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta['model_kwargs'].items()}
     return Predictor(model_name=meta['model_name'],

@@ -118,6 +118,25 @@ class CheckpointTest(absltest.TestCase):
         loaded = self._roundtrip(pred, archs[100:])
         self.assertEqual(loaded.meta['device'], 'rtx_2080_ti')
 
+    def test_unknown_format_is_refused(self):
+        import json
+        archs, lat, _, _ = synthetic(60, seed=5)
+        pred, _ = fit.fit_predictor('additive',
+                                    archs,
+                                    lat,
+                                    fspec=features.fit_feature_spec(archs),
+                                    config=small_config(max_steps=5))
+        path = checkpoint.save(pred, os.path.join(self.create_tempdir().full_path, 'ckpt'))
+        meta_path = os.path.join(path, checkpoint.META_FILE)
+        with open(meta_path) as f:
+            meta = json.load(f)
+        self.assertEqual(meta['format'], checkpoint.FORMAT)
+        meta['format'] = 'ofa_jax.predictor/2'
+        with open(meta_path, 'w') as f:
+            json.dump(meta, f)
+        with self.assertRaisesRegex(ValueError, "format 'ofa_jax.predictor/2'"):
+            checkpoint.load(path)
+
     def test_roundtrip_context_model(self):
         archs, lat, _, _ = synthetic(100, seed=4)
         fspec = features.fit_feature_spec(archs,
