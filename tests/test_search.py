@@ -91,6 +91,8 @@ class OperatorsTest(absltest.TestCase):
             search.make_params(parent_ratio=0.0)
         with self.assertRaisesRegex(ValueError, 'resolution'):
             search.make_params(resolutions=(161,))
+        with self.assertRaisesRegex(ValueError, '^objective_first: value True'):
+            search.make_params(objective_first=True, candidate_ratio=0)
 
 
 class EvolveTest(parameterized.TestCase):
@@ -207,6 +209,27 @@ class EvolveTest(parameterized.TestCase):
             self.assertTrue((mem[:, 0] < no_mem[:, 0]).all(), (no_mem, mem))
         else:
             np.testing.assert_array_equal(mem[:, 0], no_mem[:, 0])
+
+    def test_objective_first_changes_no_result(self):
+        import dataclasses
+        budgets = SMALLEST + np.array([0.05, 0.3, 0.9]) * (LARGEST - SMALLEST)
+        seeds, flat = search.grid(budgets, [0, 1])
+        out = {}
+        for first in (False, True):
+            for bits in (0, 12):
+                params = dataclasses.replace(SMALL_PARAMS, objective_first=first, memory_bits=bits)
+                out[first, bits] = jax.device_get(
+                    search.make_budget_search(params, objective, latency)(seeds, flat))
+        for bits in (0, 12):
+            ref, got = out[False, bits], out[True, bits]
+            chex.assert_trees_all_equal(ref.arch, got.arch)
+            np.testing.assert_array_equal(ref.history, got.history)
+            # Fewer constraint rows (only candidates that beat the worst
+            # parent), more objective rows (every new candidate).
+            self.assertTrue((got.evaluations[:, 0] < ref.evaluations[:, 0]).all())
+            self.assertTrue((got.evaluations[:, 1] > ref.evaluations[:, 1]).all())
+        # The memory also spares rows here.
+        self.assertTrue((out[True, 12].evaluations < out[True, 0].evaluations).all())
 
     def test_memory_recalls_what_it_stored(self):
         archs = space.sample(jax.random.key(7), (64,), resolutions=RES)

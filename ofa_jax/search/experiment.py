@@ -133,7 +133,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        mutation_ratio=float(config.mutation_ratio),
                                        max_tries=int(config.max_tries),
                                        candidate_ratio=float(config.get('candidate_ratio', 1.25)),
-                                       prng_impl=str(config.get('prng_impl', 'threefry2x32')))
+                                       prng_impl=str(config.get('prng_impl', 'threefry2x32')),
+                                       objective_first=bool(config.get('objective_first', False)))
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
