@@ -494,15 +494,20 @@ def initial_population(key: jax.Array, params: EvoParams,
 # init / ask / tell / evolve.
 
 
+def _canonical_genes(genomes: space.Arch) -> jax.Array:
+    """uint32[..., _NUM_GENES]: the genes of each canonical genome, one row each."""
+    g = space.canonicalize(genomes)
+    return jnp.concatenate([g.kernel, g.expand, g.depth, g.resolution[..., None]],
+                           axis=-1).astype(jnp.uint32)
+
+
 def genome_hash(genomes: space.Arch) -> jax.Array:
     """uint32 hash of each canonical genome (equal sub-networks, equal hash).
 
     A random-coefficient polynomial over the gene indices; collisions between
     distinct sub-networks are ~2^-32 per pair and only cost a skipped child.
     """
-    g = space.canonicalize(genomes)
-    genes = jnp.concatenate([g.kernel, g.expand, g.depth, g.resolution[..., None]],
-                            axis=-1).astype(jnp.uint32)
+    genes = _canonical_genes(genomes)
     coef = jax.random.bits(jax.random.key(20200426), (genes.shape[-1],), jnp.uint32) | 1
     return jnp.sum(genes * coef, axis=-1, dtype=jnp.uint32) ^ (genes[..., 0] << 7)
 
@@ -548,9 +553,7 @@ def memory_keys(genomes: space.Arch, memory_bits: int) -> tuple[jax.Array, jax.A
     only when both agree (about 2^-30 per lookup against the one entry of
     its slot).
     """
-    g = space.canonicalize(genomes)
-    genes = jnp.concatenate([g.kernel, g.expand, g.depth, g.resolution[..., None]],
-                            axis=-1).astype(jnp.uint32)
+    genes = _canonical_genes(genomes)
     coef = jax.random.bits(jax.random.key(20201201), (2, genes.shape[-1]), jnp.uint32)
     h = _fmix32(jnp.sum(genes[..., None, :] * coef, axis=-1, dtype=jnp.uint32))
     slot = (h[..., 0] >> (32 - memory_bits)).astype(jnp.int32)
@@ -787,6 +790,14 @@ def _parent_indices(key: jax.Array, n: int, num_parents: int) -> tuple[jax.Array
     return index[:n], index[n:]
 
 
+def _keep_first(ok: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The first n feasible candidates: (order int32[n] of the slots, keep
+    bool[n]: slot holds a feasible candidate, kept bool[candidates])."""
+    order = _feasible_first(ok)[:n]
+    keep = ok[order]
+    return order, keep, jnp.zeros(ok.shape, bool).at[order].set(keep)
+
+
 def _candidates(key: jax.Array, state: EvoState, params: EvoParams):
     """One generation's candidates (mutants spread evenly among crossovers).
 
@@ -821,18 +832,16 @@ def _candidates(key: jax.Array, state: EvoState, params: EvoParams):
 def _ask_oversampled(key: jax.Array, state: EvoState, params: EvoParams,
                      constraint: Constraint) -> tuple[space.Arch, jax.Array, EvoState]:
     """``ask`` with ``candidate_ratio``: one batch of candidates, feasible ones kept."""
-    total, n = params.num_candidates, params.population_size
+    n = params.population_size
     cand, base_a, new, known, keys = _candidates(key, state, params)
     check = new & (known == UNSEEN)
     ok = _check_where(constraint, cand, check, params.score_chunk) | (new & (known == TOLD))
-    order = _feasible_first(ok)[:n]
-    keep = ok[order]
+    order, keep, kept = _keep_first(ok, n)
     memory = state.memory
     if params.memory_bits:
         # Feasible candidates beyond the n kept are not remembered: the
         # memory only ever excludes a sub-network, so a hash collision can
         # cost a child but never admit an infeasible one.
-        kept = jnp.zeros((total,), bool).at[order].set(keep)
         status = jnp.where(kept, TOLD, INFEASIBLE)
         memory = remember(memory, *keys, status, (kept | (check & ~ok)) & (status != known))
     # A kept child told in an earlier generation was not selected then and
@@ -860,7 +869,7 @@ def _ask_objective_first(
     Returns (children, fresh mask, children's objective (NaN where not
     fresh), state).
     """
-    total, n, chunk = params.num_candidates, params.population_size, params.score_chunk
+    n, chunk = params.population_size, params.score_chunk
     cand, base_a, new, known, keys = _candidates(key, state, params)
     need = new & (known == UNSEEN)
     f = score_where(objective, space.canonicalize(cand), need, chunk, jnp.nan)
@@ -872,12 +881,10 @@ def _ask_objective_first(
     rest = unchecked & crowded
     second = _check_where(constraint, cand, rest, chunk)
     ok = first | second | (new & (known == TOLD))
-    order = _feasible_first(ok)[:n]
-    keep = ok[order]
+    order, keep, kept = _keep_first(ok, n)
     fresh = keep & promising[order]
     memory = state.memory
     if params.memory_bits:
-        kept = jnp.zeros((total,), bool).at[order].set(keep)
         checked = promising | rest
         # Feasible and never selectable (kept, or unkept but below the worst
         # parent): TOLD; failed: INFEASIBLE; below the worst parent but
