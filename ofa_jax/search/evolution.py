@@ -875,17 +875,15 @@ def _ask_objective_first(
     f = score_where(objective, space.canonicalize(cand), need, chunk, jnp.nan)
     worst = _rank_key(state.fitness[-1], state.feasible[-1])
     promising = need & (_rank_key(f, need) > worst)
-    first = _check_where(constraint, cand, promising, chunk)
     unchecked = (need & ~promising) | (new & (known == REJECTED))
     crowded = jnp.sum(new & (known != INFEASIBLE)) > n
     rest = unchecked & crowded
-    second = _check_where(constraint, cand, rest, chunk)
-    ok = first | second | (new & (known == TOLD))
+    checked = promising | rest
+    ok = _check_where(constraint, cand, checked, chunk) | (new & (known == TOLD))
     order, keep, kept = _keep_first(ok, n)
     fresh = keep & promising[order]
     memory = state.memory
     if params.memory_bits:
-        checked = promising | rest
         # Feasible and never selectable (kept, or unkept but below the worst
         # parent): TOLD; failed: INFEASIBLE; below the worst parent but
         # unchecked: REJECTED. Feasible, promising, unkept: not remembered.
@@ -893,7 +891,7 @@ def _ask_objective_first(
         write = new & (status != known) & ((checked & (~ok | kept | ~promising)) |
                                            (unchecked & ~crowded & (known == UNSEEN)))
         memory = remember(memory, *keys, status, write)
-    rows = jnp.sum(promising, dtype=jnp.int32) + jnp.sum(rest, dtype=jnp.int32)
+    rows = jnp.sum(checked, dtype=jnp.int32)
     state = state.replace(memory=memory,
                           evaluations=state.evaluations +
                           jnp.stack([rows, jnp.sum(need, dtype=jnp.int32)]))
