@@ -111,9 +111,12 @@ class EvolveTest(parameterized.TestCase):
             state = evolution.init(k0, params, objective, cons)
             children, ok, state = evolution.ask(k1, state, params, cons)
             fit = objective(space.canonicalize(children))
-            return state, children, ok, evolution.tell(children, fit, ok, state, params)
+            return (state, children, ok, evolution.tell(children, fit, ok, state, params),
+                    evolution.tell(children, fit, ok, state, params, distinct=True))
 
-        state, children, ok, new = one_generation(jax.random.key(0))
+        state, children, ok, new, trusted = one_generation(jax.random.key(0))
+        # ask's flags mark distinct new sub-networks: tell's copy check changes nothing.
+        chex.assert_trees_all_equal(new, trusted)
         self.assertEqual(state.parents.kernel.shape, (params.num_parents, 20))
         self.assertTrue(bool(state.feasible.all()))
         self.assertEqual(children.depth.shape, (32, 5))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from ofa_jax import space
 from ofa_jax.search import evolution
+from ofa_jax.search import random_bits
 
 
 @flax.struct.dataclass
@@ -76,11 +77,11 @@ def random_search(key: jax.Array, params: RandomParams, objective: evolution.Obj
         best_fit = jnp.where(better, fit[i], best_fit)
         return (best, best_fit, best_ok | ok[i]), jnp.where(best_ok | ok[i], best_fit, -jnp.inf)
 
-    k0, key = jax.random.split(key)
+    k0, key = random_bits.split(key)
     first = space.canonicalize(evolution.random_genomes(k0, 1, params.resolutions))[0]
     carry = (first, jnp.float32(-jnp.inf), jnp.zeros((), bool))
     (best, best_fit, best_ok), history = jax.lax.scan(step, carry,
-                                                      jax.random.split(key, params.num_batches))
+                                                      random_bits.split(key, params.num_batches))
     rows = jnp.int32(params.num_batches * n)
     return evolution.EvoResult(arch=best,
                                objective=best_fit,
