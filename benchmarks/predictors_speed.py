@@ -9,7 +9,11 @@ speed does not depend on their values. Writes
 
     python benchmarks/predictors_speed.py [--n=100000] [--repeats=7]
 
-Timings are only meaningful on a quiet machine (nothing else running).
+Timings are only meaningful on a quiet machine (nothing else running). The
+speed of this VM wanders by up to 30% from minute to minute, so the script
+also times a plain [2048, 400] x [400, 400] float32 matmul (the MLP's main
+layer at its chunk size) before and after the MLP, and reports the MLP's rate
+as a fraction of the ceiling that matmul implies (FLOPs per arch below).
 """
 
 import json
@@ -37,6 +41,8 @@ flags.DEFINE_string('out', os.path.join(os.path.dirname(os.path.abspath(__file__
                     'Output folder.')
 FLAGS = flags.FLAGS
 TARGETS = {'mlp': 150_000, 'additive': 2_000_000}
+# Multiply-adds x 2 of the paper's MLP per arch: 128x400 + 2 x 400x400 + 400x1.
+MLP_FLOPS = 2 * (128 * 400 + 2 * 400 * 400 + 400)
 
 
 def make_predictor(name, fspec, archs, **kwargs):
@@ -56,6 +62,21 @@ def time_calls(fn, archs, repeats):
     return float(np.median(times)), float(np.min(times))
 
 
+def matmul_gflops(repeats):
+    """Median GFLOP/s of a [2048, 400] x [400, 400] float32 matmul (10 per timed call)."""
+    x = jax.random.normal(jax.random.key(0), (2048, 400))
+    w = jax.random.normal(jax.random.key(1), (400, 400)) * 0.07
+
+    @jax.jit
+    def ten(x):
+        for _ in range(10):
+            x = jax.nn.relu(x @ w)
+        return x
+
+    med, _ = time_calls(ten, x, repeats)
+    return 10 * 2 * 2048 * 400 * 400 / med / 1e9
+
+
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
@@ -63,9 +84,12 @@ def main(argv):
     archs = jax.tree_util.tree_map(jax.numpy.asarray, archs)
     fspec = features.fit_feature_spec(space.sample_np(rng, 1000))
     rows = {}
+    gflops = [matmul_gflops(FLAGS.repeats)]
     for name, kwargs in (('mlp', {}), ('additive', {})):
         pred = make_predictor(name, fspec, archs, **kwargs)
         med, best = time_calls(pred, archs, FLAGS.repeats)
+        if name == 'mlp':
+            gflops.append(matmul_gflops(FLAGS.repeats))
         rows[name] = {
             'seconds_median': med,
             'archs_per_s_median': FLAGS.n / med,
@@ -77,6 +101,14 @@ def main(argv):
     for name, r in rows.items():
         print(f'{name:10s} {1e3 * r["seconds_median"]:10.1f} {r["archs_per_s_median"]:17,.0f} '
               f'{r["archs_per_s_best"]:15,.0f} {r["target_archs_per_s"]:10,d}')
+    # The ReLU between the timed matmuls (as in the MLP) is not counted as FLOPs.
+    ceiling = float(np.mean(gflops)) * 1e9 / MLP_FLOPS
+    rows['mlp'].update(matmul_gflops_before_after=gflops,
+                       ceiling_archs_per_s=ceiling,
+                       fraction_of_ceiling=rows['mlp']['archs_per_s_median'] / ceiling)
+    print(f'matmul [2048,400]x[400,400]: {gflops[0]:.0f} GFLOP/s before, {gflops[1]:.0f} after '
+          f'the MLP -> ceiling {ceiling:,.0f} archs/s at {MLP_FLOPS / 1e6:.2f} MFLOP/arch; '
+          f'the MLP reaches {rows["mlp"]["fraction_of_ceiling"]:.0%} of it')
     rows['n'] = FLAGS.n
     rows['load_average'] = os.getloadavg()
     rows['cpus'] = os.cpu_count()
