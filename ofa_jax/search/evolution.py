@@ -125,8 +125,10 @@ class EvoParams:
         rows per generation, no loop, so it is the faster choice when the
         constraint is as costly as the objective (an MLP latency predictor).
       prng_impl: the PRNG of the search key (one of ``PRNG_IMPLS``). The
-        default, JAX's threefry, drew random words 3x faster than ``rbg``
-        under ``vmap`` on XLA:CPU (3.9 vs 11.6 ns a word, 2-core AMD EPYC).
+        default, threefry, is drawn by :mod:`random_bits` (JAX's stream,
+        unrolled); with ``jax.random``'s own lowering it already drew words
+        3x faster than ``rbg`` under ``vmap`` on XLA:CPU (3.9 vs 11.6 ns a
+        word, 2-core AMD EPYC).
       score_chunk: objective and constraint are called only on new
         sub-networks (neither a parent nor an earlier candidate of the same
         generation), ``score_chunk`` rows at a time until all are covered
@@ -297,9 +299,9 @@ def _uniform_index(bits: jax.Array, n: int) -> jax.Array:
 def _bits16(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
     """uint32[shape] uniform in [0, 2^16): both halves of each random word.
 
-    Random words are the costliest part of a generation's genetic operators
-    on XLA:CPU (~4-12 ns each under vmap), and a gene needs far fewer than
-    32 bits, so every word serves two draws.
+    A gene needs far fewer than 32 bits, so every random word serves two
+    draws (words were once the costliest part of a generation's genetic
+    operators on XLA:CPU, ~4-12 ns each under vmap).
     """
     n, m = shape
     return _halves(random_bits.bits(key, (n, -(-m // 2))), m)
@@ -327,7 +329,7 @@ def _genomes_from_bits(bits: jax.Array, resolutions: Sequence[int]) -> space.Arc
 def random_genomes(key: jax.Array, n: int, resolutions: Sequence[int]) -> space.Arch:
     """n uniformly random genomes (not canonicalised: inactive genes kept).
 
-    All genes come from one ``jax.random.bits`` draw (16 bits a gene): on
+    All genes come from one :func:`random_bits.bits` draw (16 bits a gene): on
     XLA:CPU a ``randint`` per gene group cost ~3x the whole rest of a
     generation.
     """
@@ -1043,7 +1045,8 @@ def evolve(key: jax.Array, params: EvoParams, objective: Objective,
             state = generation(*carry)
             return (state, _generation_words(next_key, params)), state.fitness[0]
 
-        carry = (state, _generation_words(keys[0], params))
+        first = keys[0] if params.num_generations else k_run  # (an EvoParams built by hand)
+        carry = (state, _generation_words(first, params))
         (state, _), history = jax.lax.scan(step, carry, jnp.concatenate([keys[1:], keys[:1]]))
     else:
 
