@@ -41,7 +41,7 @@ flags.DEFINE_string('batches', '1,32,64', 'Batch sizes.')
 flags.DEFINE_string('shots', '0,10,20,50', 'k values.')
 flags.DEFINE_string(
     'strategies', 'paper_head,paper_affine,hw_zero_affine,hw_finetune,'
-    'help_affine,help_finetune,stack_affine', 'Strategies.')
+    'help_affine,help_finetune,stack_affine,stack_refs', 'Strategies.')
 flags.DEFINE_bool(
     'own_rows', True, "Also fit on the target's own first 70% of rows (early stop on the "
     'next 10%) and score the same last 20%: what the data allows, not a transfer.')

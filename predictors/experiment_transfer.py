@@ -15,7 +15,10 @@ Base predictors:
 * ``help``: the same with [log batch, log latencies of the reference archs];
 * ``stack``: one additive predictor per source file, combined on the target
   by :func:`predictors.transfer.stack_fit` (its 0-shot value is the
-  geometric mean of the sources, uncalibrated).
+  geometric mean of the sources, uncalibrated). ``stack_refs`` fits the same
+  combination on the reference archs (HELP's device embedding, the same
+  rows the ``help`` base reads) plus the k shots, so its 0-shot value uses
+  exactly the target measurements a HELP-style 0-shot predictor uses.
 
 Writes ``metrics.json`` (strategy -> k -> mean and std over seeds),
 ``pred_vs_measured.png`` (best strategy at the largest k) and the base
@@ -116,10 +119,10 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError(f'devices: no device for {missing} (needed by the hw strategies); '
                           f'allowed names: {", ".join(hardware.names())}')
     refs = None
-    if any(s.startswith('help') for s in strategies):
+    if any(s.startswith('help') or s == 'stack_refs' for s in strategies):
         if not config.reference_index:
-            raise ConfigError('reference_index: required by the help strategies; allowed: a '
-                              'JSON list of row indices (reference_arch_index.json)')
+            raise ConfigError('reference_index: required by the help strategies and stack_refs; '
+                              'allowed: a JSON list of row indices (reference_arch_index.json)')
         with open(config.reference_index) as f:
             refs = np.asarray(json.load(f), np.int64)
     return dict(sources=sources,
@@ -323,6 +326,15 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         for strat in strategies:
             kind, how = strat.split('_', 1)
             base = bases[kind]
+            if how == 'refs':  # stack_refs: calibrated on the reference archs + the shots.
+                out = []
+                for s in range(draws.shape[0]):
+                    rows = np.union1d(refs, draws[s])
+                    pos = np.searchsorted(allowed, rows)
+                    w, b = transfer.stack_fit(base_allowed[kind][:, pos], view[rows])
+                    out.append(transfer.stack_apply(base_eval[kind], w, b))
+                pred[strat][k] = np.stack(out)
+                continue
             if how in ('affine', 'zero_affine'):
                 out = []
                 for s in range(draws.shape[0]):

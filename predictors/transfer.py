@@ -11,7 +11,9 @@ Strategies (all take only the k shot rows; nothing else of the target is read):
   ``log y = a log p + b`` (ridge toward a = 1); one shot fixes the scale;
 * :func:`stack_fit` / :func:`stack_apply`: the same with one base predictor
   per source device, ``log y = sum_s w_s log p_s + b`` (ridge toward equal
-  weights), so the shots pick the sources that behave like the target;
+  weights), so the shots pick the sources that behave like the target
+  (``stack_refs`` in :mod:`predictors.experiment_transfer` also fits it on
+  HELP's reference archs, the target rows a HELP-style 0-shot model reads);
 * zero-shot: a device-conditioned predictor with the target's context
   (hardware features from the spec table, or HELP-style reference latencies)
   via :func:`with_context`.
@@ -36,7 +38,7 @@ from predictors import checkpoint
 from predictors import fit
 
 STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'help_affine',
-              'help_finetune', 'stack_affine')
+              'help_finetune', 'stack_affine', 'stack_refs')
 
 
 def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndarray:

@@ -99,7 +99,8 @@ class TransferTest(absltest.TestCase):
     def test_eval_rows_never_read(self):
         clean = self.create_tempdir('clean').full_path
         dirty = self.create_tempdir('dirty').full_path
-        strategies = 'paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,stack_affine'
+        strategies = ('paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,stack_affine,'
+                      'stack_refs')
         out = []
         for folder, poison in ((clean, False), (dirty, True)):
             paths, refs = _write_devices(folder, poison_eval=poison)
@@ -118,6 +119,11 @@ class TransferTest(absltest.TestCase):
             for k in a['pred'][strat]:
                 self.assertEqual(a['pred'][strat][k].shape, (2, len(a['eval_rows'])))
                 np.testing.assert_array_equal(a['pred'][strat][k], b['pred'][strat][k])
+        # The target runs 1.7x the first source: calibrated on the reference
+        # archs (3 and 50; 110 is an evaluation row and is dropped), stack_refs
+        # fixes the scale that the uncalibrated 0-shot stack misses.
+        m = summary['metrics']
+        self.assertLess(m['stack_refs']['0']['mape'], 0.5 * m['stack_affine']['0']['mape'])
         # The poisoned file really differs where it is evaluated.
         self.assertGreater(b['truth'].min(), 100 * a['truth'].max())
 
