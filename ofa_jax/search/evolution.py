@@ -287,8 +287,10 @@ class EvoResult:
 _NUM_GENES = 2 * space.NUM_BLOCKS + space.NUM_STAGES + 1
 # Mutation coins: one per block's (kernel, expand) pair, per stage, and the resolution.
 _NUM_COINS = space.NUM_BLOCKS + space.NUM_STAGES + 1
-# Random words of one crossover: a bit per gene.
+# Random words of one crossover (a bit per gene) and of one mutation (16 bits
+# per gene and per coin, two draws a word).
 _CROSS_WORDS = -(-_NUM_GENES // 32)
+_MUTATE_WORDS = -(-(_NUM_GENES + _NUM_COINS) // 2)
 
 
 def _uniform_index(bits: jax.Array, n: int) -> jax.Array:
@@ -850,9 +852,9 @@ def _generation_words(key: jax.Array, params: EvoParams) -> tuple[jax.Array, ...
     """
     kp, kmut, kx = random_bits.split(key, 3)
     total = params.num_candidates
-    return (_parent_words(kp, total, params.num_parents),
-            random_bits.bits(kmut, (total, -(-(_NUM_GENES + _NUM_COINS) // 2))),
-            random_bits.bits(kx, (total, _CROSS_WORDS)))
+    parents = _parent_words(kp, total, params.num_parents)
+    mutation = random_bits.bits(kmut, (total, _MUTATE_WORDS))
+    return parents, mutation, random_bits.bits(kx, (total, _CROSS_WORDS))
 
 
 def _keep_first(ok: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
