@@ -73,9 +73,10 @@ def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     if not _is_threefry(key):
         return jax.random.bits(key, shape, jnp.uint32)
     y0, y1 = _hash_counters(key, shape)
-    # The barrier makes XLA compute the hash once, into a buffer: fused into
-    # its consumers, all twenty rounds were recomputed in each of them.
-    return jax.lax.optimization_barrier(y0 ^ y1)
+    # Fused into several consumers, XLA:CPU recomputes the twenty rounds in
+    # each (an optimization_barrier did not stop it): draw into a buffer, as
+    # the search does through its loop carry (evolution._generation_words).
+    return y0 ^ y1
 
 
 def split(key: jax.Array, num: int = 2) -> jax.Array:
