@@ -326,24 +326,17 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         for strat in strategies:
             kind, how = strat.split('_', 1)
             base = bases[kind]
-            if how == 'refs':  # stack_refs: calibrated on the reference archs + the shots.
+            if how in ('affine', 'zero_affine', 'refs'):
                 out = []
                 for s in range(draws.shape[0]):
-                    rows = np.union1d(refs, draws[s])
+                    # stack_refs also calibrates on the reference archs.
+                    rows = np.union1d(refs, draws[s]) if how == 'refs' else draws[s]
                     pos = np.searchsorted(allowed, rows)
-                    w, b = transfer.stack_fit(base_allowed[kind][:, pos], view[rows])
-                    out.append(transfer.stack_apply(base_eval[kind], w, b))
-                pred[strat][k] = np.stack(out)
-                continue
-            if how in ('affine', 'zero_affine'):
-                out = []
-                for s in range(draws.shape[0]):
-                    pos = np.searchsorted(allowed, draws[s])
                     if kind == 'stack':
-                        w, b = transfer.stack_fit(base_allowed[kind][:, pos], ys[s])
+                        w, b = transfer.stack_fit(base_allowed[kind][:, pos], view[rows])
                         out.append(transfer.stack_apply(base_eval[kind], w, b))
                         continue
-                    a, b = transfer.affine_fit(base_allowed[kind][pos], ys[s])
+                    a, b = transfer.affine_fit(base_allowed[kind][pos], view[rows])
                     out.append(np.asarray(transfer.affine_apply(base_eval[kind], a, b)))
                 pred[strat][k] = np.stack(out)
                 continue
