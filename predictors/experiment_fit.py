@@ -97,7 +97,17 @@ def plot_pred_vs_measured(path: str, pred: np.ndarray, true: np.ndarray, title: 
     plt.close(fig)
 
 
+def check_loss(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for an unknown ``loss`` or a ``huber_delta`` <= 0."""
+    loss = config.get('loss', 'mse')
+    if loss not in train_lib.LOSSES:
+        raise ConfigError(f'loss: {loss!r}; allowed: {", ".join(train_lib.LOSSES)}')
+    if loss == 'huber' and not float(config.get('huber_delta', 0.05)) > 0:
+        raise ConfigError(f'huber_delta: {config.huber_delta}; allowed: > 0')
+
+
 def _check(config: ml_collections.ConfigDict) -> None:
+    check_loss(config)
     if config.model not in FIT_MODELS:
         raise ConfigError(f'model: {config.model!r}; allowed: {", ".join(FIT_MODELS)}')
     if float(config.width) not in space.WIDTHS:

@@ -84,7 +84,11 @@ def fit_predictor(
         val = (make_inputs(val_archs, fspec, val_context), norm.encode(val_ms))
     init = None
     if model_name == 'additive':
-        lin = train_lib.additive_lstsq_init(train_archs, np.asarray(y_tr), fspec)
+        lin = train_lib.additive_lstsq_init(train_archs,
+                                            np.asarray(y_tr),
+                                            fspec,
+                                            loss=config.get('loss', 'mse'),
+                                            huber_delta=float(config.get('huber_delta', 0.05)))
         init = model.init(jax.random.PRNGKey(seed), jax.tree_util.tree_map(lambda v: v[:1], x_tr))
         init = {'params': {**init['params'], **{k: jnp.asarray(v) for k, v in lin.items()}}}
     train_fn = train_lib.make_train(model, config, (x_tr, y_tr), val, init_params=init)

@@ -73,6 +73,47 @@ class TrainTest(absltest.TestCase):
         res = jax.jit(tr)(jax.random.PRNGKey(0))
         self.assertLess(float(res.final_train_loss), 0.05 * float(res.first_train_loss))
 
+    def test_robust_losses_ignore_outlier_rows(self):
+        # One resolution: 181 parameters, well determined by 1,000 rows. 15% of
+        # the rows ran 1.5x slow (as a measurement that caught a clock dip).
+        archs, clean, _, _ = synthetic(1400, seed=3, resolutions=(224,))
+        slow = np.random.default_rng(0).random(1400) < 0.15
+        measured = np.where(slow, 1.5 * clean, clean)
+        fspec = features.fit_feature_spec(archs[:1000])
+        mape = {}
+        for loss in train_lib.LOSSES:
+            pred, _ = fit.fit_predictor('additive',
+                                        archs[:1000],
+                                        measured[:1000],
+                                        archs[1000:1200],
+                                        measured[1000:1200],
+                                        fspec=fspec,
+                                        config=small_config(loss=loss,
+                                                            huber_delta=0.02,
+                                                            max_steps=200))
+            p = np.asarray(pred(archs[1200:]))
+            mape[loss] = 100 * np.mean(np.abs(p - clean[1200:]) / clean[1200:])
+        # The squared loss follows the slow rows (~9% off the typical latency);
+        # Huber and relative L1 land within ~0.5% of it.
+        self.assertGreater(mape['mse'], 3.0)
+        self.assertLess(mape['huber'], 0.25 * mape['mse'])
+        self.assertLess(mape['relative_l1'], 0.25 * mape['mse'])
+
+    def test_loss_function_values_and_errors(self):
+        pred, y = jnp.array([1.0, 2.0, 5.0]), jnp.array([1.5, 2.0, 4.0])
+        self.assertAlmostEqual(float(train_lib.loss_function('mse')(pred, y)), (0.25 + 1.0) / 3)
+        # Huber(delta=0.5): 0.5 * 0.5^2 (squared branch), 0, 0.5 * (1 - 0.25) (linear).
+        self.assertAlmostEqual(float(train_lib.loss_function('huber', 0.5)(pred, y)),
+                               (0.125 + 0.375) / 3,
+                               places=6)
+        self.assertAlmostEqual(float(train_lib.loss_function('relative_l1')(pred, y)),
+                               (0.5 / 1.5 + 1.0 / 4.0) / 3,
+                               places=6)
+        with self.assertRaisesRegex(ValueError, "loss: unknown loss 'l3'; allowed: mse, huber"):
+            train_lib.loss_function('l3')
+        with self.assertRaisesRegex(ValueError, 'huber_delta: 0.0; allowed: > 0'):
+            train_lib.loss_function('huber', 0.0)
+
     def test_mlp_ensemble_members_distinct(self):
         archs, lat, _, _ = synthetic(200, seed=2)
         fspec = features.fit_feature_spec(archs[:150])

@@ -31,4 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
             eval_every=100,
             patience=20,
             lr_decay=True,
+            loss='mse',  # mse | huber | relative_l1 (predictors.train.LOSSES)
+            huber_delta=0.05,  # loss=huber: threshold in normalised target units
         ))
