@@ -92,6 +92,12 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for s in strategies:
         if s not in transfer.STRATEGIES:
             raise ConfigError(f'strategies: {s!r}; allowed: {", ".join(transfer.STRATEGIES)}')
+    if float(config.get('calibration_delta', 0.0)) < 0:
+        raise ConfigError(f'calibration_delta: {config.calibration_delta}; allowed: >= 0 '
+                          '(0: least squares)')
+    if float(config.get('stack_ridge', 1.0)) < 0:
+        raise ConfigError(f'stack_ridge: {config.stack_ridge}; allowed: >= 0')
+    experiment_fit.check_loss(config)
     if not 0 < float(config.adapt_fraction) < 1:
         raise ConfigError(f'adapt_fraction: {config.adapt_fraction}; allowed: in (0, 1)')
     devices = _parse_map('devices', config.devices)
@@ -313,6 +319,8 @@ def transfer_predictions(config: ml_collections.ConfigDict,
     base_eval = {k: base_predict(p, eval_archs) for k, p in bases.items()}
     base_allowed = {k: base_predict(p, target.archs[allowed]) for k, p in bases.items()}
     pred: dict[str, dict[int, np.ndarray]] = {s: {} for s in strategies}
+    delta = float(config.get('calibration_delta', 0.0))
+    stack_ridge = float(config.get('stack_ridge', 1.0))
     shots_used = {}
     t0 = time.perf_counter()
     for k in parsed['shots']:
@@ -333,10 +341,15 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                     rows = np.union1d(refs, draws[s]) if how == 'refs' else draws[s]
                     pos = np.searchsorted(allowed, rows)
                     if kind == 'stack':
-                        w, b = transfer.stack_fit(base_allowed[kind][:, pos], view[rows])
+                        w, b = transfer.stack_fit(base_allowed[kind][:, pos],
+                                                  view[rows],
+                                                  ridge=stack_ridge,
+                                                  huber_delta=delta)
                         out.append(transfer.stack_apply(base_eval[kind], w, b))
                         continue
-                    a, b = transfer.affine_fit(base_allowed[kind][pos], view[rows])
+                    a, b = transfer.affine_fit(base_allowed[kind][pos],
+                                               view[rows],
+                                               huber_delta=delta)
                     out.append(np.asarray(transfer.affine_apply(base_eval[kind], a, b)))
                 pred[strat][k] = np.stack(out)
                 continue

@@ -52,18 +52,29 @@ def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndar
 def stack_fit(pred_ms: np.ndarray,
               true_ms: np.ndarray,
               *,
-              ridge: float = 1.0) -> tuple[np.ndarray, float]:
-    """(w float[S], b) minimising sum (log y - w . log p - b)^2 + ridge |w - 1/S|^2.
+              ridge: float = 1.0,
+              huber_delta: float = 0.0,
+              iterations: int = 50) -> tuple[np.ndarray, float]:
+    """(w float[S], b) minimising sum rho(log y - w . log p - b) + ridge |w - 1/S|^2.
+
+    ``rho`` is the square, or with ``huber_delta > 0`` the Huber function
+    (square within ``huber_delta`` in log units, linear beyond), solved by
+    iteratively reweighted least squares: a shot that caught a slow run then
+    pulls the calibration by a bounded amount instead of its squared residual.
 
     Args:
       pred_ms: float[S, k], each of S base predictors' latencies of the shots.
       true_ms: float[k], the shots' measured latencies.
       ridge: pull of the weights toward equal shares (which keep the scale).
+      huber_delta: 0 for least squares; else the Huber threshold (0.05: 5%).
+      iterations: reweighting rounds (Huber only).
 
     Returns:
       The weights and the offset; with 0 shots (1/S, 0) (the geometric mean of
       the bases), with 1 or 2 only the offset is fit.
     """
+    if huber_delta < 0:
+        raise ValueError(f'huber_delta: {huber_delta}; allowed: >= 0 (0: least squares)')
     lp = np.log(np.asarray(pred_ms, np.float64))
     lp = lp.reshape(lp.shape[0] if lp.ndim > 1 else 1, -1)
     ly = np.log(np.asarray(true_ms, np.float64).reshape(-1))
@@ -73,10 +84,22 @@ def stack_fit(pred_ms: np.ndarray,
         return w0, 0.0
     if k < 3:
         return w0, float(np.mean(ly - w0 @ lp))
-    xc = lp - lp.mean(axis=1, keepdims=True)
-    yc = ly - ly.mean()
-    w = np.linalg.solve(xc @ xc.T + ridge * np.eye(num_bases), xc @ yc + ridge * w0)
-    return w, float(ly.mean() - w @ lp.mean(axis=1))
+    weight = np.ones(k)
+    for _ in range(iterations if huber_delta else 1):
+        # Weighted least squares, the weights rescaled to sum to k so that the
+        # ridge means the same whatever share of the shots is down-weighted.
+        share = weight * (k / weight.sum())
+        x_mean, y_mean = lp @ share / k, ly @ share / k
+        xc, yc = lp - x_mean[:, None], ly - y_mean
+        w = np.linalg.solve((xc * share) @ xc.T + ridge * np.eye(num_bases),
+                            (xc * share) @ yc + ridge * w0)
+        b = float(y_mean - w @ x_mean)
+        resid = np.abs(ly - w @ lp - b)
+        new = np.minimum(1.0, huber_delta / np.maximum(resid, 1e-12)) if huber_delta else weight
+        if np.allclose(new, weight, rtol=0, atol=1e-9):
+            break
+        weight = new
+    return w, b
 
 
 def stack_apply(pred_ms, w: np.ndarray, b: float) -> np.ndarray:
@@ -88,13 +111,14 @@ def stack_apply(pred_ms, w: np.ndarray, b: float) -> np.ndarray:
 def affine_fit(pred_ms: np.ndarray,
                true_ms: np.ndarray,
                *,
-               ridge: float = 1.0) -> tuple[float, float]:
-    """(a, b) minimising sum (log y - a log p - b)^2 + ridge (a - 1)^2.
+               ridge: float = 1.0,
+               huber_delta: float = 0.0) -> tuple[float, float]:
+    """(a, b) minimising sum rho(log y - a log p - b) + ridge (a - 1)^2.
 
-    :func:`stack_fit` with one base. With 0 shots returns (1, 0); with 1 or 2
-    only the offset b is fit.
+    :func:`stack_fit` with one base (``huber_delta`` as there). With 0 shots
+    returns (1, 0); with 1 or 2 only the offset b is fit.
     """
-    w, b = stack_fit(np.reshape(pred_ms, (1, -1)), true_ms, ridge=ridge)
+    w, b = stack_fit(np.reshape(pred_ms, (1, -1)), true_ms, ridge=ridge, huber_delta=huber_delta)
     return float(w[0]), b
 
 

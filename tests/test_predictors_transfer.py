@@ -96,6 +96,35 @@ class TransferTest(absltest.TestCase):
         self.assertAlmostEqual(a, w[0])
         self.assertAlmostEqual(b1, b2)
 
+    def test_huber_stack_fit_ignores_slow_shots(self):
+        rng = np.random.default_rng(1)
+        good = np.exp(rng.uniform(0.0, 2.0, 30))
+        other = good * np.exp(rng.normal(0.0, 0.3, 30))
+        target = 1.5 * good**0.9
+        measured = target.copy()
+        measured[[3, 11, 20]] *= 1.4  # three shots that caught a slow run
+        bases = np.stack([good, other])
+        err = {}
+        for delta in (0.0, 0.05):
+            w, b = transfer.stack_fit(bases, measured, ridge=0.0, huber_delta=delta)
+            err[delta] = np.abs(np.log(transfer.stack_apply(bases, w, b) / target)).mean()
+        # Least squares spreads the slow shots over every prediction (3.6% off
+        # the typical latency); Huber bounds their pull (0.7%).
+        self.assertGreater(err[0.0], 0.02)
+        self.assertLess(err[0.05], 0.25 * err[0.0])
+        with self.assertRaisesRegex(ValueError, 'huber_delta: -1'):
+            transfer.stack_fit(bases, measured, huber_delta=-1)
+
+    def test_bad_calibration_config(self):
+        paths, refs = _write_devices(self.create_tempdir().full_path, n=20)
+        for field, value, message in (('calibration_delta', -0.1, '^calibration_delta: -0.1'),
+                                      ('stack_ridge', -1.0, '^stack_ridge: -1.0'),
+                                      ('loss', 'l3', "^loss: 'l3'; allowed: mse, huber")):
+            cfg = _config(paths, refs, 'stack_refs')
+            cfg[field] = value
+            with self.assertRaisesRegex(experiment_transfer.ConfigError, message):
+                experiment_transfer.parse_config(cfg)
+
     def test_eval_rows_never_read(self):
         clean = self.create_tempdir('clean').full_path
         dirty = self.create_tempdir('dirty').full_path
