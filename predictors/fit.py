@@ -76,6 +76,10 @@ def fit_predictor(
     model_kwargs = dict(model_kwargs or {})
     config = config or train_lib.default_config()
     norm = train_lib.fit_target_norm(target or DEFAULT_TARGET[model_name], train_ms)
+    if config.get('loss', 'mse') == 'relative_l1' and norm.kind != 'scale':
+        raise ValueError(f"loss: 'relative_l1' divides by the target, so it needs the positive "
+                         f"'scale' target; {model_name!r} trains on {norm.kind!r}; allowed "
+                         "there: mse, huber")
     model = models.build_model(model_name, fspec=fspec, **model_kwargs)
     x_tr = make_inputs(train_archs, fspec, train_context)
     y_tr = norm.encode(train_ms)

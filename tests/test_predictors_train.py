@@ -113,6 +113,13 @@ class TrainTest(absltest.TestCase):
             train_lib.loss_function('l3')
         with self.assertRaisesRegex(ValueError, 'huber_delta: 0.0; allowed: > 0'):
             train_lib.loss_function('huber', 0.0)
+        archs, lat, _, _ = synthetic(20, seed=4)
+        with self.assertRaisesRegex(ValueError, "relative_l1.*'mlp' trains on 'standardize'"):
+            fit.fit_predictor('mlp',
+                              archs,
+                              lat,
+                              fspec=features.fit_feature_spec(archs),
+                              config=small_config(loss='relative_l1'))
 
     def test_mlp_ensemble_members_distinct(self):
         archs, lat, _, _ = synthetic(200, seed=2)
