@@ -19,6 +19,10 @@ Base predictors:
   combination on the reference archs (HELP's device embedding, the same
   rows the ``help`` base reads) plus the k shots, so its 0-shot value uses
   exactly the target measurements a HELP-style 0-shot predictor uses.
+* ``blend``: the stack's source predictors and the ``help`` model as one
+  more base, combined the same way on the reference archs plus the k shots
+  (``blend_refs``): the calibration weighs the HELP model by how well it
+  fits the target's rows, next to the per-source models.
 
 Writes ``metrics.json`` (strategy -> k -> mean and std over seeds),
 ``pred_vs_measured.png`` (best strategy at the largest k) and the base
@@ -125,9 +129,10 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError(f'devices: no device for {missing} (needed by the hw strategies); '
                           f'allowed names: {", ".join(hardware.names())}')
     refs = None
-    if any(s.startswith('help') or s == 'stack_refs' for s in strategies):
+    if any(s.startswith('help') or s in ('stack_refs', 'blend_refs') for s in strategies):
         if not config.reference_index:
-            raise ConfigError('reference_index: required by the help strategies and stack_refs; '
+            raise ConfigError('reference_index: required by the help strategies, stack_refs and '
+                              'blend_refs; '
                               'allowed: a JSON list of row indices (reference_arch_index.json)')
         with open(config.reference_index) as f:
             refs = np.asarray(json.load(f), np.int64)
@@ -275,7 +280,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                                               config=tcfg,
                                               seed=int(config.seed))
         timing['paper_train_s'] = time.perf_counter() - t0
-    if any(s.startswith('stack') for s in strategies):
+    if any(s.startswith(('stack', 'blend')) for s in strategies):
         t0 = time.perf_counter()
         # Each source: first 90% of its rows to train, last 10% to early-stop.
         bases['stack'] = [
@@ -293,7 +298,9 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         timing['stack_train_s'] = time.perf_counter() - t0
     tgt_batch = parsed['batch'][parsed['target']]
     for kind in ('hw', 'help'):
-        if any(s.startswith(kind) for s in strategies):
+        if any(
+                s.startswith(kind) or (kind == 'help' and s.startswith('blend'))
+                for s in strategies):
             t0 = time.perf_counter()
             base = _train_context_model(kind, tables, parsed, config, tcfg, width)
             # Zero-shot: the target's own context (datasheet values or reference latencies).
@@ -318,6 +325,10 @@ def transfer_predictions(config: ml_collections.ConfigDict,
     eval_archs = target.archs[eval_rows]
     base_eval = {k: base_predict(p, eval_archs) for k, p in bases.items()}
     base_allowed = {k: base_predict(p, target.archs[allowed]) for k, p in bases.items()}
+    if any(s.startswith('blend') for s in strategies):
+        # The stacked sources plus the HELP-conditioned model as one more base.
+        for preds in (base_eval, base_allowed):
+            preds['blend'] = np.concatenate([preds['stack'], preds['help'][None]])
     pred: dict[str, dict[int, np.ndarray]] = {s: {} for s in strategies}
     delta = float(config.get('calibration_delta', 0.0))
     stack_ridge = float(config.get('stack_ridge', 1.0))
@@ -333,14 +344,14 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         assert np.all(np.isfinite(ys)), 'a shot outside the allowed rows'
         for strat in strategies:
             kind, how = strat.split('_', 1)
-            base = bases[kind]
+            base = bases.get(kind)
             if how in ('affine', 'zero_affine', 'refs'):
                 out = []
                 for s in range(draws.shape[0]):
                     # stack_refs also calibrates on the reference archs.
                     rows = np.union1d(refs, draws[s]) if how == 'refs' else draws[s]
                     pos = np.searchsorted(allowed, rows)
-                    if kind == 'stack':
+                    if kind in ('stack', 'blend'):
                         w, b = transfer.stack_fit(base_allowed[kind][:, pos],
                                                   view[rows],
                                                   ridge=stack_ridge,

@@ -38,7 +38,7 @@ from predictors import checkpoint
 from predictors import fit
 
 STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'help_affine',
-              'help_finetune', 'stack_affine', 'stack_refs')
+              'help_finetune', 'stack_affine', 'stack_refs', 'blend_refs')
 
 
 def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndarray:

@@ -129,7 +129,7 @@ class TransferTest(absltest.TestCase):
         clean = self.create_tempdir('clean').full_path
         dirty = self.create_tempdir('dirty').full_path
         strategies = ('paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,stack_affine,'
-                      'stack_refs')
+                      'stack_refs,blend_refs')
         out = []
         for folder, poison in ((clean, False), (dirty, True)):
             paths, refs = _write_devices(folder, poison_eval=poison)

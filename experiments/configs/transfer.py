@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
             shots='0,10,20,50,100',
             seeds=5,
             strategies='paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,'
-            'help_finetune,stack_affine,stack_refs',
+            'help_finetune,stack_affine,stack_refs,blend_refs',
             reference_index='',  # JSON list of reference-arch rows (help, stack_refs)
             adapt_fraction=0.8,  # shots come from the target's first 80% of rows
             width=1.2,
