@@ -348,7 +348,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
             if how in ('affine', 'zero_affine', 'refs'):
                 out = []
                 for s in range(draws.shape[0]):
-                    # stack_refs also calibrates on the reference archs.
+                    # The *_refs strategies also calibrate on the reference archs.
                     rows = np.union1d(refs, draws[s]) if how == 'refs' else draws[s]
                     pos = np.searchsorted(allowed, rows)
                     if kind in ('stack', 'blend'):

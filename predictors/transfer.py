@@ -36,6 +36,7 @@ import optax
 from ofa_jax import space
 from predictors import checkpoint
 from predictors import fit
+from predictors import train as train_lib
 
 STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'help_affine',
               'help_finetune', 'stack_affine', 'stack_refs', 'blend_refs')
@@ -95,7 +96,7 @@ def stack_fit(pred_ms: np.ndarray,
                             (xc * share) @ yc + ridge * w0)
         b = float(y_mean - w @ x_mean)
         resid = np.abs(ly - w @ lp - b)
-        new = np.minimum(1.0, huber_delta / np.maximum(resid, 1e-12)) if huber_delta else weight
+        new = train_lib.irls_weights('huber', resid, ly, huber_delta) if huber_delta else weight
         if np.allclose(new, weight, rtol=0, atol=1e-9):
             break
         weight = new
