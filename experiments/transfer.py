@@ -31,6 +31,10 @@ def main(argv):
         print(
             strat, ' '.join(
                 f'k={k}: MAPE {m["mape"]:.2f}% acc10 {m["acc10"]:.3f}' for k, m in by_k.items()))
+    for strat, by_k in out['calibration'].items():
+        k = max(by_k, key=int)
+        print(f'{strat} weights at k={k}:',
+              ', '.join(f'{name} {w:.2f}' for name, w in by_k[k].items()))
 
 
 if __name__ == '__main__':

@@ -240,7 +240,10 @@ def transfer_predictions(config: ml_collections.ConfigDict,
     """Trains, adapts and predicts; returns predictions on the evaluation rows.
 
     Returns:
-      dict with ``pred`` (strategy -> k -> float[S, n_eval]), ``eval_rows``,
+      dict with ``pred`` (strategy -> k -> float[S, n_eval]), ``calibration``
+      (for the stack and blend strategies: ``bases``, the base names, and
+      ``by_k``, k -> float[S, bases + 1], each draw's weights then offset),
+      ``eval_rows``,
       ``allowed_rows``, ``shots`` (k -> int[S, k] row indices) and ``timing``.
     """
     parsed = parse_config(config)
@@ -330,6 +333,10 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         for preds in (base_eval, base_allowed):
             preds['blend'] = np.concatenate([preds['stack'], preds['help'][None]])
     pred: dict[str, dict[int, np.ndarray]] = {s: {} for s in strategies}
+    # Stack/blend calibrations: per strategy and k, float[S, bases + 1] (weights, offset).
+    calibration: dict[str, dict[int, np.ndarray]] = {}
+    base_names = {'stack': [os.path.basename(f) for f in parsed['sources']]}
+    base_names['blend'] = base_names['stack'] + ['help']
     delta = float(config.get('calibration_delta', 0.0))
     stack_ridge = float(config.get('stack_ridge', 1.0))
     shots_used = {}
@@ -357,6 +364,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                                                   ridge=stack_ridge,
                                                   huber_delta=delta)
                         out.append(transfer.stack_apply(base_eval[kind], w, b))
+                        calibration.setdefault(strat, {}).setdefault(k, []).append([*w, b])
                         continue
                     a, b = transfer.affine_fit(base_allowed[kind][pos],
                                                view[rows],
@@ -381,6 +389,14 @@ def transfer_predictions(config: ml_collections.ConfigDict,
             pred[strat][k] = transfer.predict_many(adapted, eval_archs)
     timing['adapt_s'] = time.perf_counter() - t0
     return dict(pred=pred,
+                calibration={
+                    strat: {
+                        'bases': base_names[strat.split('_', 1)[0]],
+                        'by_k': {
+                            k: np.asarray(v) for k, v in by_k.items()
+                        }
+                    } for strat, by_k in calibration.items()
+                },
                 eval_rows=eval_rows,
                 allowed_rows=allowed,
                 shots=shots_used,
@@ -405,7 +421,14 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
         'eval_rows': int(len(res['eval_rows'])),
         'seeds': int(config.seeds),
         'timing': res['timing'],
-        'metrics': {}
+        'metrics': {},
+        # Which sources the target resembles: mean calibration weights over draws.
+        'calibration': {
+            strat: {
+                str(k): dict(zip(c['bases'] + ['offset'],
+                                 np.mean(v, axis=0).tolist())) for k, v in c['by_k'].items()
+            } for strat, c in res.get('calibration', {}).items()
+        }
     }
     best = None
     for strat, by_k in res['pred'].items():

@@ -153,6 +153,17 @@ class TransferTest(absltest.TestCase):
         # fixes the scale that the uncalibrated 0-shot stack misses.
         m = summary['metrics']
         self.assertLess(m['stack_refs']['0']['mape'], 0.5 * m['stack_affine']['0']['mape'])
+        # Its calibration is reported per base: with only 2 reference rows the
+        # weights stay equal and the offset is the target's log ratio to the
+        # sources' geometric mean, log(1.7 / sqrt(1.0 * 0.9)).
+        cal = summary['calibration']
+        self.assertEqual(list(cal['stack_refs']['0']),
+                         ['2080ti_batch64.csv', 'titan_rtx_batch64.csv', 'offset'])
+        self.assertEqual(list(cal['blend_refs']['5'])[-2:], ['help', 'offset'])
+        self.assertAlmostEqual(cal['stack_refs']['0']['offset'],
+                               np.log(1.7 / np.sqrt(0.9)),
+                               delta=0.05)
+        self.assertEqual(a['calibration']['blend_refs']['by_k'][5].shape, (2, 4))
         # The poisoned file really differs where it is evaluated.
         self.assertGreater(b['truth'].min(), 100 * a['truth'].max())
 
