@@ -124,7 +124,7 @@ def main(argv):
             out = experiment_transfer.run(cfg, work)
             if FLAGS.own_rows:
                 out['own_rows'] = own_rows_metrics(files[target], cfg)
-                out['measured_source'] = measured_source_metrics(files, target)
+            out['measured_source'] = measured_source_metrics(files, target)
             out['seconds'] = time.perf_counter() - t0
             results[key] = out
             print(f'batch {batch} target {target}: {out["seconds"]:.0f} s', flush=True)
@@ -188,8 +188,9 @@ def main(argv):
         ]
     table = '\n'.join(lines)
     print(table)
-    with open(json_path, 'w') as f:
-        json.dump(results, f, indent=1)
+    if FLAGS.summarize_only:  # a full run saved the JSON after each target
+        with open(json_path, 'w') as f:
+            json.dump(results, f, indent=1)
     with open(os.path.join(FLAGS.out, 'predictors_help.md'), 'w') as f:
         f.write('HELP leave-one-GPU-out (mean over the 3 held-out GPUs; MAPE % / acc10)\n\n')
         f.write(f'Command: python benchmarks/predictors_help.py --seeds={FLAGS.seeds} '
