@@ -13,7 +13,10 @@ Strategies (all take only the k shot rows; nothing else of the target is read):
   per source device, ``log y = sum_s w_s log p_s + b`` (ridge toward equal
   weights), so the shots pick the sources that behave like the target
   (``stack_refs`` in :mod:`predictors.experiment_transfer` also fits it on
-  HELP's reference archs, the target rows a HELP-style 0-shot model reads);
+  HELP's reference archs, the target rows a HELP-style 0-shot model reads;
+  ``blend_refs`` adds the HELP-conditioned model as one more base). Both
+  fits take ``huber_delta`` so that a shot that caught a slow run has a
+  bounded pull;
 * zero-shot: a device-conditioned predictor with the target's context
   (hardware features from the spec table, or HELP-style reference latencies)
   via :func:`with_context`.
