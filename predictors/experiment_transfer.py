@@ -96,10 +96,12 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for s in strategies:
         if s not in transfer.STRATEGIES:
             raise ConfigError(f'strategies: {s!r}; allowed: {", ".join(transfer.STRATEGIES)}')
-    if float(config.get('calibration_delta', 0.0)) < 0:
+    calibration_delta = float(config.get('calibration_delta', 0.0))
+    if calibration_delta < 0:
         raise ConfigError(f'calibration_delta: {config.calibration_delta}; allowed: >= 0 '
                           '(0: least squares)')
-    if float(config.get('stack_ridge', 1.0)) < 0:
+    stack_ridge = float(config.get('stack_ridge', 1.0))
+    if stack_ridge < 0:
         raise ConfigError(f'stack_ridge: {config.stack_ridge}; allowed: >= 0')
     experiment_fit.check_loss(config)
     if not 0 < float(config.adapt_fraction) < 1:
@@ -129,7 +131,7 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError(f'devices: no device for {missing} (needed by the hw strategies); '
                           f'allowed names: {", ".join(hardware.names())}')
     refs = None
-    if any(s.startswith('help') or s in ('stack_refs', 'blend_refs') for s in strategies):
+    if any(s.startswith('help') or s.endswith('_refs') for s in strategies):
         if not config.reference_index:
             raise ConfigError('reference_index: required by the help strategies, stack_refs and '
                               'blend_refs; '
@@ -142,7 +144,9 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 strategies=strategies,
                 device=dev,
                 batch=bsz,
-                refs=refs)
+                refs=refs,
+                calibration_delta=calibration_delta,
+                stack_ridge=stack_ridge)
 
 
 def target_view(latency_ms: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -337,8 +341,6 @@ def transfer_predictions(config: ml_collections.ConfigDict,
     calibration: dict[str, dict[int, np.ndarray]] = {}
     base_names = {'stack': [os.path.basename(f) for f in parsed['sources']]}
     base_names['blend'] = base_names['stack'] + ['help']
-    delta = float(config.get('calibration_delta', 0.0))
-    stack_ridge = float(config.get('stack_ridge', 1.0))
     shots_used = {}
     t0 = time.perf_counter()
     for k in parsed['shots']:
@@ -361,14 +363,14 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                     if kind in ('stack', 'blend'):
                         w, b = transfer.stack_fit(base_allowed[kind][:, pos],
                                                   view[rows],
-                                                  ridge=stack_ridge,
-                                                  huber_delta=delta)
+                                                  ridge=parsed['stack_ridge'],
+                                                  huber_delta=parsed['calibration_delta'])
                         out.append(transfer.stack_apply(base_eval[kind], w, b))
                         calibration.setdefault(strat, {}).setdefault(k, []).append([*w, b])
                         continue
                     a, b = transfer.affine_fit(base_allowed[kind][pos],
                                                view[rows],
-                                               huber_delta=delta)
+                                               huber_delta=parsed['calibration_delta'])
                     out.append(np.asarray(transfer.affine_apply(base_eval[kind], a, b)))
                 pred[strat][k] = np.stack(out)
                 continue
