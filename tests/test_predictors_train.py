@@ -1,6 +1,7 @@
 """Training, ensembles and save/load of latency predictors on tiny synthetic data."""
 
 import os
+from unittest import mock
 
 from absl.testing import absltest
 import chex
@@ -214,6 +215,44 @@ class CheckpointTest(absltest.TestCase):
             chex.assert_shape(out, (16,))
         self.assertEqual(checkpoint._score_one._cache_size(), 1)  # pylint: disable=protected-access
         jnp.asarray(out).block_until_ready()
+
+    def test_compiled_scorer_matches_and_checks_batch(self):
+        archs, lat, _, _ = synthetic(120, seed=6)
+        fspec = features.fit_feature_spec(archs[:100])
+        cfg = small_config(max_steps=30, eval_every=10)
+        mlp, _ = fit.fit_predictor('mlp',
+                                   archs[:100],
+                                   lat[:100],
+                                   fspec=fspec,
+                                   config=cfg,
+                                   model_kwargs={'hidden': (16, 16)})
+        ens, _ = fit.fit_predictor('additive',
+                                   archs[:100],
+                                   lat[:100],
+                                   fspec=fspec,
+                                   config=cfg,
+                                   num_members=2)
+        test = archs[100:]
+        for pred in (mlp, ens.replace(offset_ms=0.25)):
+            scorer = pred.compiled(20)
+            # This suite runs on the CPU, where the dot fusion is on by default.
+            self.assertEqual(scorer.compiler_options, checkpoint.CPU_DOT_FUSION)
+            np.testing.assert_allclose(np.asarray(scorer(test)),
+                                       np.asarray(pred(test)),
+                                       rtol=1e-5,
+                                       atol=1e-6)
+        with self.assertRaisesRegex(ValueError, r'shape \(5,\).*exactly \(20,\)'):
+            scorer(archs[:5])
+        self.assertEqual(checkpoint.compile_scorer(mlp, 20, fuse_dots=False).compiler_options, {})
+        with self.assertRaisesRegex(ValueError, 'batch_size=0'):
+            mlp.compiled(0)
+        # An XLA that refuses the option still gives a scorer, and says why.
+        with mock.patch.dict(checkpoint.CPU_DOT_FUSION,
+                             {'xla_cpu_experimental_ynn_fusion_type': 'NO_SUCH_TYPE'}):
+            plain = mlp.compiled(20)
+        self.assertEqual(plain.compiler_options, {})
+        self.assertIn('NO_SUCH_TYPE', plain.note)
+        np.testing.assert_allclose(np.asarray(plain(test)), np.asarray(mlp(test)), rtol=1e-5)
 
 
 if __name__ == '__main__':
