@@ -138,7 +138,11 @@ SPECS: tuple[HardwareSpec, ...] = (
     _gpu('rtx_4090', ['4090', 'NVIDIA GeForce RTX 4090'], 16384, 128, 24, 1008, 82.6,
          'NVIDIA GeForce RTX 4090 product specifications; Ada Lovelace whitepaper'),
     # TPUs (per chip).
-    _tpu('tpu_v2', ['TPU v2', 'v2'], 2, 16, 700, 45.0, _TPU_DOC),
+    # v2: Google's v2 page no longer lists figures; these are Jouppi et al., "A
+    # Domain Specific Supercomputer for Training Deep Neural Networks", CACM 2020
+    # (16 GiB HBM at 700 GB/s; 45 TFLOPS: Cloud's 180 per 4-chip v2-8 board).
+    _tpu('tpu_v2', ['TPU v2', 'v2'], 2, 16, 700, 45.0,
+         'Jouppi et al., CACM 2020 (TPUv2); Cloud TPU v2-8: 180 TFLOPS per 4 chips'),
     _tpu('tpu_v3', ['TPU v3', 'v3'], 2, 32, 900, 123.0, _TPU_DOC),
     _tpu('tpu_v4', ['TPU v4', 'v4'], 2, 32, 1200, 275.0, _TPU_DOC),
     _tpu('tpu_v5e', ['TPU v5 lite', 'TPU v5e', 'v5e', 'v5litepod'], 1, 16, 819, 197.0, _TPU_DOC),

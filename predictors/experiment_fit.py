@@ -99,11 +99,10 @@ def plot_pred_vs_measured(path: str, pred: np.ndarray, true: np.ndarray, title: 
 
 def check_loss(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for an unknown ``loss`` or a ``huber_delta`` <= 0."""
-    loss = config.get('loss', 'mse')
-    if loss not in train_lib.LOSSES:
-        raise ConfigError(f'loss: {loss!r}; allowed: {", ".join(train_lib.LOSSES)}')
-    if loss == 'huber' and not float(config.get('huber_delta', 0.05)) > 0:
-        raise ConfigError(f'huber_delta: {config.huber_delta}; allowed: > 0')
+    try:
+        train_lib.loss_function(*train_lib.loss_options(config))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check(config: ml_collections.ConfigDict) -> None:

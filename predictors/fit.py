@@ -76,7 +76,7 @@ def fit_predictor(
     model_kwargs = dict(model_kwargs or {})
     config = config or train_lib.default_config()
     norm = train_lib.fit_target_norm(target or DEFAULT_TARGET[model_name], train_ms)
-    if config.get('loss', 'mse') == 'relative_l1' and norm.kind != 'scale':
+    if train_lib.loss_options(config)[0] == 'relative_l1' and norm.kind != 'scale':
         raise ValueError(f"loss: 'relative_l1' divides by the target, so it needs the positive "
                          f"'scale' target; {model_name!r} trains on {norm.kind!r}; allowed "
                          "there: mse, huber")
@@ -88,11 +88,12 @@ def fit_predictor(
         val = (make_inputs(val_archs, fspec, val_context), norm.encode(val_ms))
     init = None
     if model_name == 'additive':
+        loss, huber_delta = train_lib.loss_options(config)
         lin = train_lib.additive_lstsq_init(train_archs,
                                             np.asarray(y_tr),
                                             fspec,
-                                            loss=config.get('loss', 'mse'),
-                                            huber_delta=float(config.get('huber_delta', 0.05)))
+                                            loss=loss,
+                                            huber_delta=huber_delta)
         init = model.init(jax.random.PRNGKey(seed), jax.tree_util.tree_map(lambda v: v[:1], x_tr))
         init = {'params': {**init['params'], **{k: jnp.asarray(v) for k, v in lin.items()}}}
     train_fn = train_lib.make_train(model, config, (x_tr, y_tr), val, init_params=init)

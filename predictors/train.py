@@ -31,6 +31,7 @@ from predictors import features
 
 TARGET_KINDS = ('log', 'scale', 'standardize')
 LOSSES = ('mse', 'huber', 'relative_l1')
+DEFAULT_HUBER_DELTA = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +83,21 @@ def default_config() -> ml_collections.ConfigDict:
             patience=20,  # in evaluations
             lr_decay=True,  # cosine decay over max_steps
             loss='mse',  # LOSSES; early stopping uses the same loss on the validation rows
-            huber_delta=0.05,  # where 'huber' turns from squared to linear (normalised units)
+            # Where 'huber' turns from squared to linear (normalised units).
+            huber_delta=DEFAULT_HUBER_DELTA,
         ))
 
 
-def loss_function(name: str,
-                  huber_delta: float = 0.05) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
+def loss_options(config: ml_collections.ConfigDict) -> tuple[str, float]:
+    """(loss, huber_delta) of a training config; older configs without the fields get
+    the paper's ``mse`` and :data:`DEFAULT_HUBER_DELTA`."""
+    return config.get('loss', 'mse'), float(config.get('huber_delta', DEFAULT_HUBER_DELTA))
+
+
+LossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def loss_function(name: str, huber_delta: float = DEFAULT_HUBER_DELTA) -> LossFn:
     """``loss(pred, y) -> scalar`` on normalised targets, by name (``LOSSES``).
 
     ``mse`` is the paper's. Latency files carry outlier rows (a run that
@@ -105,7 +115,7 @@ def loss_function(name: str,
         return lambda pred, y: jnp.mean(optax.huber_loss(pred, y, delta=huber_delta))
     if name == 'relative_l1':
         return lambda pred, y: jnp.mean(jnp.abs(pred - y) / jnp.maximum(jnp.abs(y), 1e-6))
-    raise ValueError(f'loss: unknown loss {name!r}; allowed: {", ".join(LOSSES)}')
+    raise ValueError(f'loss: {name!r}; allowed: {", ".join(LOSSES)}')
 
 
 class TrainResult(NamedTuple):
@@ -158,7 +168,7 @@ def make_train(model,
     opt = optax.adamw(lr,
                       weight_decay=config.weight_decay) if config.weight_decay else optax.adam(lr)
     base = init_params
-    data_loss = loss_function(config.get('loss', 'mse'), float(config.get('huber_delta', 0.05)))
+    data_loss = loss_function(*loss_options(config))
 
     def label_fn(params):
         return jax.tree_util.tree_map_with_path(
@@ -269,7 +279,7 @@ def additive_lstsq_init(archs: space.Arch,
                         ridge: float = 1e-6,
                         prior_ridge: float = 1e-6,
                         loss: str = 'mse',
-                        huber_delta: float = 0.05,
+                        huber_delta: float = DEFAULT_HUBER_DELTA,
                         iterations: int = 10) -> dict[str, np.ndarray]:
     """Ridge least-squares block table and fixed terms for normalised ``targets``.
 
