@@ -1,7 +1,7 @@
 """Fits one latency predictor (or evaluates a LUT) on one device's data.
 
     python -m experiments.fit_predictor --config=experiments/configs/fit_predictor.py \
-      --config.data=FILE.csv --config.model=mlp|additive|additive_mlp|lut --workdir=DIR
+      --config.data=FILE.csv --config.model=mlp|additive|additive_mlp|lut|xla_cost --workdir=DIR
 """
 
 import sys

@@ -3,7 +3,9 @@
 ``run(config, workdir)`` reads one device's latencies (an OFA CSV file, or a
 latency store plus device/batch/dtype), splits rows in file order
 (default 70/15/15, the 2101.00732 split), trains the chosen model (or loads a
-lookup table for ``model=lut``) and writes to ``workdir``:
+lookup table for ``model=lut``, or fits XLA's cost analysis for
+``model=xla_cost``: :mod:`predictors.xla_cost`, store rows only) and writes to
+``workdir``:
 ``metrics.json`` (test-row metrics, training time and sizes),
 ``pred_vs_measured.png`` and ``checkpoint/`` (trained models only).
 """
@@ -27,8 +29,11 @@ from predictors import features
 from predictors import fit
 from predictors import metrics
 from predictors import train as train_lib
+from predictors import xla_cost
 
-FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut')
+FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut', 'xla_cost')
+# Estimators judged without a trained predictor (no checkpoint, no drift offset).
+UNTRAINED = ('lut', 'xla_cost')
 # 'last_level': add the level of the latest validation rows (predictors.drift).
 DRIFT_MODES = ('none', 'last_level')
 
@@ -57,6 +62,16 @@ def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray
     if config.get('max_rows'):
         archs, lat = archs[:config.max_rows], lat[:config.max_rows]
     return archs, np.asarray(lat, np.float64)
+
+
+def load_costs(config: ml_collections.ConfigDict) -> np.ndarray:
+    """float64[n, 2] XLA flops and bytes accessed of :func:`load_rows`' rows (a store)."""
+    from ofa_jax.latency import store as store_lib  # pylint: disable=g-import-not-at-top
+    costs = store_lib.LatencyStore(str(config.data)).load_costs(config.device,
+                                                                int(config.batch),
+                                                                str(config.dtype),
+                                                                fields=xla_cost.COST_FIELDS)
+    return costs[:config.max_rows] if config.get('max_rows') else costs
 
 
 def split_indices(n: int, fractions: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,9 +134,13 @@ def _check(config: ml_collections.ConfigDict) -> None:
     drift = config.get('drift', 'none')
     if drift not in DRIFT_MODES:
         raise ConfigError(f'drift: {drift!r}; allowed: {", ".join(DRIFT_MODES)}')
-    if drift != 'none' and config.model == 'lut':
-        raise ConfigError(f'drift: {drift!r} needs a fitted model; allowed with model=lut: '
-                          'none')
+    if drift != 'none' and config.model in UNTRAINED:
+        raise ConfigError(f'drift: {drift!r} needs a trained predictor; allowed with '
+                          f'model={config.model}: none')
+    if config.model == 'xla_cost' and str(config.data).endswith('.csv'):
+        raise ConfigError(f'data: {config.data!r} is a CSV file; model=xla_cost needs the XLA '
+                          'cost analysis of every row, which only a latency store records; '
+                          'allowed: a store path (with device)')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -144,7 +163,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         from predictors import lut as lut_lib  # pylint: disable=g-import-not-at-top
         table = lut_lib.load_lut(config.lut, width=float(config.lut_width))
         pred = np.asarray(table.predict(archs[te]), np.float64)
-        predictor = None
+    elif config.model == 'xla_cost':
+        costs = load_costs(config)
+        try:
+            cost_model = xla_cost.fit(costs[tr], lat[tr])
+            pred = cost_model.predict(costs[te])
+        except ValueError as e:
+            raise ConfigError(f'data: {config.data!r}: {e}') from None
+        out['xla_cost'] = cost_model.to_dict()
     else:
         name = 'additive' if config.model.startswith('additive') else 'mlp'
         kwargs = {}

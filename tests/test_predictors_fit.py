@@ -10,8 +10,10 @@ from experiments.configs import fit_predictor as fit_config
 from ofa_jax import csvio
 from ofa_jax import external_data
 from ofa_jax import space
+from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
 from predictors import experiment_fit
+from predictors import xla_cost
 
 EXTERNAL = external_data.root()
 
@@ -92,6 +94,52 @@ class FitExperimentTest(absltest.TestCase):
         self.assertAlmostEqual(flat['offset_ms'], noise.mean())
         with self.assertRaisesRegex(ValueError, 'residuals_ms'):
             drift.last_level([0.0, np.nan])
+
+    def test_xla_cost_fit_recovers_a_roofline(self):
+        rng = np.random.default_rng(0)
+        costs = np.stack([rng.uniform(2e8, 9e8, 60), rng.uniform(1e8, 4e8, 60)], axis=1)
+        lat = 0.4 + 2.0 * costs[:, 0] / 1e9 + 5.0 * costs[:, 1] / 1e9
+        model = xla_cost.fit(costs, lat + rng.normal(0, 1e-3, 60))
+        np.testing.assert_allclose([model.intercept_ms, model.ms_per_gflop, model.ms_per_gb],
+                                   [0.4, 2.0, 5.0],
+                                   atol=0.05)
+        self.assertAlmostEqual(model.to_dict()['effective_gflop_per_s'], 500.0, delta=15)
+        # A latency that falls with the bytes: that term is clamped at 0 and the
+        # flops term refit alone (the best non-negative fit), never negative.
+        model = xla_cost.fit(costs, 1.0 + 3.0 * costs[:, 0] / 1e9 - 2.0 * costs[:, 1] / 1e9)
+        self.assertEqual(model.ms_per_gb, 0.0)
+        self.assertGreater(model.ms_per_gflop, 0.0)
+        self.assertIsNone(model.to_dict()['effective_gb_per_s'])
+        costs[7, 1] = np.nan
+        with self.assertRaisesRegex(ValueError, '1 of 60 rows have no XLA cost.*row 7'):
+            xla_cost.fit(costs, lat)
+
+    def test_run_xla_cost_on_a_store(self):
+        folder = self.create_tempdir().full_path
+        path = os.path.join(folder, 'lat.sqlite')
+        archs = space.unstack(space.sample_np(np.random.default_rng(1), 40, resolutions=(128,)))
+        rng = np.random.default_rng(2)
+        flops = rng.uniform(2e8, 9e8, 40)
+        with store_lib.LatencyStore(path) as s:
+            for i, a in enumerate(archs):
+                key = store_lib.RowKey('dev', space.arch_key(a), 1, 'float32', 'p')
+                cost = {'flops': flops[i], 'bytes_accessed': flops[i] / 4}
+                s.add(key, 0.5 + 3.0 * flops[i] / 1e9, cost=cost)
+            np.testing.assert_array_equal(s.load_costs('dev')[:, 0], flops)
+        cfg = fit_config.get_config()
+        cfg.data, cfg.device, cfg.model = path, 'dev', 'xla_cost'
+        work = os.path.join(folder, 'work')
+        out = experiment_fit.run(cfg, work)
+        self.assertLess(out['rmse_ms'], 1e-6)  # exactly a roofline here
+        with open(os.path.join(work, 'metrics.json')) as f:
+            self.assertIn('ms_per_gflop', json.load(f)['xla_cost'])
+        self.assertFalse(os.path.exists(os.path.join(work, 'checkpoint')))
+        cfg.data = 'rows.csv'
+        with self.assertRaisesRegex(experiment_fit.ConfigError, 'only a latency store'):
+            experiment_fit.run(cfg, work)
+        cfg.data, cfg.drift = path, 'last_level'
+        with self.assertRaisesRegex(experiment_fit.ConfigError, 'model=xla_cost: none'):
+            experiment_fit.run(cfg, work)
 
     def test_bad_model(self):
         cfg = fit_config.get_config()

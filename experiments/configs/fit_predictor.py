@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
             dtype='float32',
             max_rows=0,  # 0: all rows
             width=1.2,  # supernet width of the archs (the 2101.00732 files: 1.0)
-            model='additive',  # mlp | additive | additive_mlp | lut
+            model='additive',  # mlp | additive | additive_mlp | lut | xla_cost (store only)
             lut='',  # model=lut: OFA yaml file or folder of {r}_lookup_table.yaml
             lut_width=1.2,
             split='0.7,0.15,0.15',  # file order: train, validation, test

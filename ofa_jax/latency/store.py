@@ -395,6 +395,21 @@ class LatencyStore:
                            f'store {self.path}; stored devices: {sorted(ids)}')
         return matches[0]
 
+    def _latest(self, device: str, batch: int, dtype: str, protocol: str | None,
+                width: float | None, include_drift: bool) -> dict[str, Row]:
+        """arch_key -> the latest matching row, in insertion order of those rows."""
+        device = self.resolve_device(device)
+        latest: dict[str, Row] = {}
+        for row in self.rows(device, batch=batch, dtype=dtype, protocol=protocol, width=width):
+            if row.drift and not include_drift:
+                continue
+            latest.pop(row.key.arch_key, None)
+            latest[row.key.arch_key] = row
+        if not latest:
+            raise KeyError(f'store {self.path}: no rows for device {device}, batch {batch}, '
+                           f'dtype {dtype}' + (f', protocol {protocol}' if protocol else ''))
+        return latest
+
     def load_arrays(self,
                     device: str,
                     batch: int = 1,
@@ -411,18 +426,29 @@ class LatencyStore:
         Returns:
           (batched numpy ``Arch``, float64[n] latency in ms), in insertion order.
         """
-        device = self.resolve_device(device)
-        latest: dict[str, float] = {}
-        for row in self.rows(device, batch=batch, dtype=dtype, protocol=protocol, width=width):
-            if row.drift and not include_drift:
-                continue
-            latest.pop(row.key.arch_key, None)
-            latest[row.key.arch_key] = row.latency_ms
-        if not latest:
-            raise KeyError(f'store {self.path}: no rows for device {device}, batch {batch}, '
-                           f'dtype {dtype}' + (f', protocol {protocol}' if protocol else ''))
+        latest = self._latest(device, batch, dtype, protocol, width, include_drift)
         archs = space.stack([space.from_key(k) for k in latest])
-        return archs, np.fromiter(latest.values(), np.float64, len(latest))
+        return archs, np.fromiter((r.latency_ms for r in latest.values()), np.float64, len(latest))
+
+    def load_costs(self,
+                   device: str,
+                   batch: int = 1,
+                   dtype: str = 'float32',
+                   *,
+                   fields: Sequence[str] = ('flops', 'bytes_accessed'),
+                   protocol: str | None = None,
+                   width: float | None = None,
+                   include_drift: bool = False) -> np.ndarray:
+        """float64[n, len(fields)]: XLA's cost analysis of the rows of :meth:`load_arrays`.
+
+        Same rows in the same order; ``fields`` name entries of each row's
+        ``cost`` (what ``measure.cost_of`` read from the compiled executable
+        when the row was measured); NaN where a row has none.
+        """
+        latest = self._latest(device, batch, dtype, protocol, width, include_drift)
+        value = lambda v: float(v) if v is not None else np.nan
+        return np.array([[value(r.cost.get(f)) for f in fields] for r in latest.values()],
+                        np.float64).reshape(len(latest), len(fields))
 
     # -- import / export / merge ---------------------------------------------
 
