@@ -50,6 +50,7 @@ from predictors import checkpoint
 from predictors import experiment_fit
 from predictors import lut as lut_lib
 from predictors import metrics
+from predictors import xla_cost
 
 PREDICTOR_MODELS = ('mlp', 'additive', 'additive_mlp')
 ESTIMATOR_LABELS = {
@@ -57,6 +58,7 @@ ESTIMATOR_LABELS = {
     'mlp': 'paper MLP (2101.00732)',
     'additive': 'additive (ours)',
     'additive_mlp': 'additive + residual MLP (ours)',
+    'xla_cost': "XLA's cost analysis, fitted",
 }
 
 ConfigError = errors.ConfigError
@@ -199,6 +201,32 @@ def _row_cost_s(row: store_lib.Row) -> float:
     return float((row.lower_s or 0.0) + (row.compile_s or 0.0) + (row.time_s or 0.0))
 
 
+def _xla_cost_estimator(rows: dict[str, store_lib.Row], keys: list[str], lat: np.ndarray,
+                        tr: np.ndarray, te: np.ndarray) -> dict[str, Any] | None:
+    """XLA's cost analysis of each measured executable, fitted on the train rows
+    (:mod:`predictors.xla_cost`) and scored on the test rows; None (logged) when
+    a row has no cost."""
+    value = lambda row, f: float(row.cost[f]) if row and row.cost.get(f) is not None else np.nan
+    costs = np.array([[value(rows.get(k), f) for f in xla_cost.COST_FIELDS] for k in keys],
+                     np.float64).reshape(len(keys), len(xla_cost.COST_FIELDS))
+    if not np.isfinite(costs).all() or len(tr) < 3:
+        _log(f'xla_cost skipped: {int((~np.isfinite(costs).all(axis=1)).sum())} of {len(keys)} '
+             f'rows have no XLA cost, {len(tr)} train rows')
+        return None
+    model = xla_cost.fit(costs[tr], lat[tr])
+    pred = model.predict(costs[te])
+    return {
+        'label': ESTIMATOR_LABELS['xla_cost'],
+        'metrics': metrics.all_metrics(pred, lat[te]),
+        'measurements': len(tr),
+        'measurement_kind': 'whole sub-networks (and a compile per arch scored)',
+        'cost_minutes': sum(_row_cost_s(rows[keys[i]]) for i in tr) / 60.0,
+        'latency_path': None,
+        'coefficients': model.to_dict(),
+        'pred': pred,
+    }
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True) -> dict[str, Any]:
     """Runs the whole job; returns the summary that ``report.md`` is made from.
 
@@ -332,6 +360,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
             'cost_minutes': cost_s / 60.0,
             'latency_path': latency_path,
         }
+    cost_est = _xla_cost_estimator(rows, keys, lat, tr, te)
+    if cost_est is not None:
+        predictions['xla_cost'] = cost_est.pop('pred')
+        estimators['xla_cost'] = cost_est
     stages['fit'] = time.monotonic() - t0
 
     # 5. Search with every estimator at the same budgets, then measure what was found.
@@ -341,6 +373,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     t0 = time.monotonic()
     searches: dict[str, dict[str, Any]] = {}
     for model, est in estimators.items():
+        if est['latency_path'] is None:
+            continue  # A yardstick that needs a compile per arch: not a search estimator.
         sdir = os.path.join(workdir, f'search_{model}')
         try:
             searches[model] = search_experiment.run(

@@ -68,6 +68,8 @@ def commands(summary: Mapping[str, Any], workdir: str) -> list[str]:
                    f'--config.model={model}{extra} --workdir={workdir}/fit_{model}')
     budgets = ','.join(f'{b:.4f}' for b in summary['budgets_ms'])
     for model, est in summary['estimators'].items():
+        if est['latency_path'] is None:
+            continue  # Not searched (model=xla_cost).
         acc = f' --config.accuracy={cfg["accuracy"]}' if cfg.get('accuracy') else ''
         out.append('python -m experiments.search --config=experiments/configs/search.py '
                    f'--config.latency={est["latency_path"]} --config.resolutions='

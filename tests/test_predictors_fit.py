@@ -1,5 +1,6 @@
 """The fit_predictor experiment end to end on a tiny CSV (and the Note10 LUT if present)."""
 
+import dataclasses
 import json
 import os
 
@@ -9,6 +10,7 @@ import numpy as np
 from experiments.configs import fit_predictor as fit_config
 from ofa_jax import csvio
 from ofa_jax import external_data
+from ofa_jax import pipeline
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
@@ -140,6 +142,20 @@ class FitExperimentTest(absltest.TestCase):
         cfg.data, cfg.drift = path, 'last_level'
         with self.assertRaisesRegex(experiment_fit.ConfigError, 'model=xla_cost: none'):
             experiment_fit.run(cfg, work)
+        # The main job's comparison row, from the same store rows.
+        with store_lib.LatencyStore(path) as s:
+            rows = {r.key.arch_key: r for r in s.rows('dev')}
+        keys = list(rows)
+        lat = np.array([rows[k].latency_ms for k in keys])
+        tr, te = np.arange(30), np.arange(30, 40)
+        estimate = pipeline._xla_cost_estimator  # pylint: disable=protected-access
+        est = estimate(rows, keys, lat, tr, te)
+        self.assertIsNone(est['latency_path'])  # never searched
+        self.assertLess(est['metrics']['rmse_ms'], 1e-6)
+        self.assertEqual(est['measurements'], 30)
+        np.testing.assert_allclose(est['pred'], lat[te])
+        rows[keys[3]] = dataclasses.replace(rows[keys[3]], cost={})
+        self.assertIsNone(estimate(rows, keys, lat, tr, te))
 
     def test_bad_model(self):
         cfg = fit_config.get_config()
