@@ -273,7 +273,9 @@ def write_report(out_dir: str, summary: Mapping[str,
 
     fp = summary.get('fingerprint') or {}
     ratios = rmse_ratios(summary)
-    best = min(ratios, key=ratios.get)
+    # The best *predictor*: an estimator that cannot be searched (xla_cost) is a yardstick.
+    searchable = [k for k in ratios if summary['estimators'][k]['latency_path'] is not None]
+    best = min(searchable or ratios, key=ratios.get)
     camp = summary['campaign']
     md = [
         '# ofa-jax main job report',
@@ -300,7 +302,9 @@ def write_report(out_dir: str, summary: Mapping[str,
         '',
         'Cost: the LUT needs every layer configuration timed alone; the predictors need the '
         'whole sub-networks of their train and validation rows (time = lower + compile + '
-        'timing of those rows, plus training).',
+        'timing of those rows, plus training). XLA\'s cost analysis is fitted on the train '
+        'rows (latency = t0 + a x GFLOP + b x GB, a, b >= 0: predictors.xla_cost); scoring an '
+        'arch needs its compile, so it is a yardstick and is not searched.',
         '',
         '![predicted vs measured](pred_vs_measured.png)',
         '',
