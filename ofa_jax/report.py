@@ -52,11 +52,18 @@ def commands(summary: Mapping[str, Any], workdir: str) -> list[str]:
     ] + _overrides(cfg)
     out = [' '.join(shlex.quote(p) for p in main)]
     store = summary['store']
-    out.append('python -m experiments.measure_latency --config=experiments/configs/'
-               f'measure_latency.py --config.num_archs={cfg["num_archs"]} '
-               f'--config.resolutions={cfg["resolutions"]} --config.batch_sizes={cfg["batch"]} '
-               f'--config.width={cfg["width"]} --config.seed={cfg["seed"]} '
-               f'--config.store={store} --workdir={workdir}/measure')
+    out.append(
+        'python -m experiments.measure_latency --config=experiments/configs/'
+        f'measure_latency.py --config.num_archs={cfg["num_archs"]} '
+        f'--config.resolutions={cfg["resolutions"]} --config.batch_sizes={cfg["batch"]} '
+        f'--config.width={cfg["width"]} --config.seed={cfg["seed"]} '
+        f'--config.time_budget_s={cfg["measure_time_budget_s"]} '
+        f'--config.dtype={cfg["dtype"]} --config.num_classes={cfg["num_classes"]} '
+        f'--config.depthwise={cfg["depthwise"]} '
+        # The main job's protocol is shorter than measure_latency's default;
+        # without it the command would measure (and store) under another one.
+        f'{" ".join(_overrides(cfg["protocol"], "config.protocol"))} '
+        f'--config.store={store} --workdir={workdir}/measure')
     out.append('python -m experiments.build_lut --config=experiments/configs/build_lut.py '
                f'--config.resolutions={cfg["resolutions"]} --config.batch={cfg["batch"]} '
                f'--config.width={cfg["width"]} --workdir={workdir}/lut_build')
