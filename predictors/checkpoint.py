@@ -181,8 +181,9 @@ def _as_jnp(archs: space.Arch) -> space.Arch:
 # XLA:CPU runs every chain of dots (with the element-wise ops between them) as
 # one YNNPACK fusion under this option; with the weights compile-time
 # constants it packs them once instead of at every call. Scoring 100,000 archs
-# on a 2-core AMD EPYC, same process: paper MLP +13-20%, additive model +40%
-# over ``predictor(archs)`` (benchmarks/predictors_speed.py). The option is
+# on a 2-core AMD EPYC, five same-process runs: paper MLP +3-12% (median 11%),
+# additive model +26-77% over ``predictor(archs)``
+# (benchmarks/predictors_speed.py). The option is
 # experimental in jaxlib 0.10; where XLA refuses it, the scorer compiles without.
 CPU_DOT_FUSION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
 
