@@ -206,9 +206,7 @@ def _xla_cost_estimator(rows: dict[str, store_lib.Row], keys: list[str], lat: np
     """XLA's cost analysis of each measured executable, fitted on the train rows
     (:mod:`predictors.xla_cost`) and scored on the test rows; None (logged) when
     a row has no cost."""
-    value = lambda row, f: float(row.cost[f]) if row and row.cost.get(f) is not None else np.nan
-    costs = np.array([[value(rows.get(k), f) for f in xla_cost.COST_FIELDS] for k in keys],
-                     np.float64).reshape(len(keys), len(xla_cost.COST_FIELDS))
+    costs = store_lib.cost_matrix([rows.get(k) for k in keys], xla_cost.COST_FIELDS)
     if not np.isfinite(costs).all() or len(tr) < 3:
         _log(f'xla_cost skipped: {int((~np.isfinite(costs).all(axis=1)).sum())} of {len(keys)} '
              f'rows have no XLA cost, {len(tr)} train rows')

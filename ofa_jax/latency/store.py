@@ -105,6 +105,14 @@ class Row:
     finished_at: str | None
 
 
+def cost_matrix(rows: Sequence['Row | None'], fields: Sequence[str]) -> np.ndarray:
+    """float64[len(rows), len(fields)]: each row's ``cost`` entries; NaN where a row
+    (or its entry) is missing."""
+    value = lambda row, f: float(row.cost[f]) if row and row.cost.get(f) is not None else np.nan
+    return np.array([[value(r, f) for f in fields] for r in rows],
+                    np.float64).reshape(len(rows), len(fields))
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='milliseconds')
 
@@ -446,9 +454,7 @@ class LatencyStore:
         when the row was measured); NaN where a row has none.
         """
         latest = self._latest(device, batch, dtype, protocol, width, include_drift)
-        value = lambda v: float(v) if v is not None else np.nan
-        return np.array([[value(r.cost.get(f)) for f in fields] for r in latest.values()],
-                        np.float64).reshape(len(latest), len(fields))
+        return cost_matrix(list(latest.values()), fields)
 
     # -- import / export / merge ---------------------------------------------
 
