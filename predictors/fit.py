@@ -76,7 +76,9 @@ def fit_predictor(
     model_kwargs = dict(model_kwargs or {})
     config = config or train_lib.default_config()
     norm = train_lib.fit_target_norm(target or DEFAULT_TARGET[model_name], train_ms)
-    if train_lib.loss_options(config)[0] == 'relative_l1' and norm.kind != 'scale':
+    loss, huber_delta = train_lib.loss_options(config)
+    train_lib.loss_function(loss, huber_delta)  # Bad options fail here, before any work.
+    if loss == 'relative_l1' and norm.kind != 'scale':
         raise ValueError(f"loss: 'relative_l1' divides by the target, so it needs the positive "
                          f"'scale' target; {model_name!r} trains on {norm.kind!r}; allowed "
                          "there: mse, huber")
@@ -88,7 +90,6 @@ def fit_predictor(
         val = (make_inputs(val_archs, fspec, val_context), norm.encode(val_ms))
     init = None
     if model_name == 'additive':
-        loss, huber_delta = train_lib.loss_options(config)
         lin = train_lib.additive_lstsq_init(train_archs,
                                             np.asarray(y_tr),
                                             fspec,

@@ -270,7 +270,7 @@ def irls_weights(loss: str, resid: np.ndarray, y: np.ndarray, huber_delta: float
     if loss == 'relative_l1':
         y2 = np.maximum(np.asarray(y, np.float64)**2, 1e-12)
         return 1.0 / (y2 * np.maximum(r / np.sqrt(y2), 1e-3))
-    raise ValueError(f'loss: unknown loss {loss!r}; allowed: {", ".join(LOSSES)}')
+    raise ValueError(f'loss: {loss!r}; allowed: {", ".join(LOSSES)}')
 
 
 def additive_lstsq_init(archs: space.Arch,
