@@ -153,10 +153,12 @@ def _lut_config(config, parsed, store_path) -> ml_collections.ConfigDict:
     return c
 
 
-def _fit_config(config, parsed, store_path, device_id, model, lut_dir) -> ml_collections.ConfigDict:
+def _fit_config(config, parsed, store_path, device_id, protocol, model,
+                lut_dir) -> ml_collections.ConfigDict:
     c = fit_config.get_config()
     c.data = store_path
     c.device = device_id
+    c.protocol = protocol
     c.batch = parsed['batch']
     c.dtype = config.dtype
     c.width = float(config.width)
@@ -333,8 +335,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     predictions: dict[str, np.ndarray] = {}
     for model in ['lut'] + parsed['predictors']:
         fdir = os.path.join(workdir, f'fit_{model}')
-        out = experiment_fit.run(_fit_config(config, parsed, store_path, device_id, model, lut_dir),
-                                 fdir)
+        # The rows chosen above, so every estimator is fitted and judged on one split.
+        out = experiment_fit.run(_fit_config(config, parsed, store_path, device_id, protocol.name,
+                                             model, lut_dir),
+                                 fdir,
+                                 data=(archs, lat))
         if model == 'lut':
             table = lut_lib.load_lut(lut_dir, width=width)
             pred = np.asarray(table.predict(archs[te]), np.float64)

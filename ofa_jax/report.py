@@ -67,11 +67,13 @@ def commands(summary: Mapping[str, Any], workdir: str) -> list[str]:
     out.append('python -m experiments.build_lut --config=experiments/configs/build_lut.py '
                f'--config.resolutions={cfg["resolutions"]} --config.batch={cfg["batch"]} '
                f'--config.width={cfg["width"]} --workdir={workdir}/lut_build')
+    protocol = summary['campaign']['protocol']
     for model, est in summary['estimators'].items():
         extra = f' --config.lut={est["latency_path"]}' if model == 'lut' else ''
         out.append('python -m experiments.fit_predictor --config=experiments/configs/'
                    f'fit_predictor.py --config.data={store} --config.device={summary["device_id"]} '
                    f'--config.batch={cfg["batch"]} --config.width={cfg["width"]} '
+                   f'--config.protocol={protocol} '
                    f'--config.model={model}{extra} --workdir={workdir}/fit_{model}')
     budgets = ','.join(f'{b:.4f}' for b in summary['budgets_ms'])
     for model, est in summary['estimators'].items():
@@ -349,8 +351,12 @@ def write_report(out_dir: str, summary: Mapping[str,
     md += [f'| {k} | {v:.1f} |' for k, v in summary['stages_s'].items()]
     md += ['', '## Commands', '', 'The main job, then each stage on its own:', '', '```']
     md += cmds + [
-        '```', '', 'Data: `measurements.csv`, `predictions.csv`, `search.csv`; '
-        'config: `config.json`.', ''
+        '```', '', 'The main job fits and scores every estimator on the campaign\'s '
+        f'{summary["rows"]["total"]} seeded random sub-networks only. Run after it, a '
+        '`fit_predictor` command above reads every row of the store at this protocol, '
+        'the gauge network and the verified search results included, so its split and '
+        'figures differ from the table\'s.', '', 'Data: `measurements.csv`, '
+        '`predictions.csv`, `search.csv`; config: `config.json`.', ''
     ]
     path = os.path.join(out_dir, 'report.md')
     with open(path, 'w') as f:

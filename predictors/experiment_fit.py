@@ -41,7 +41,12 @@ ConfigError = errors.ConfigError
 
 
 def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray]:
-    """(archs, latency_ms) from ``config.data``: a ``.csv`` file or a latency store."""
+    """(archs, latency_ms) from ``config.data``: a ``.csv`` file or a latency store.
+
+    From a store: the rows of ``config.device`` at the config's batch, dtype
+    and width, and only those measured under ``config.protocol`` when it is
+    set (otherwise the latest row of each arch, whatever its protocol).
+    """
     path = str(config.data)
     if not path:
         raise ConfigError('data: empty; allowed: an OFA CSV file or a latency store path')
@@ -56,20 +61,31 @@ def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray
     if not config.get('device'):
         raise ConfigError('device: required with a store path; allowed: a device name in the '
                           'store')
-    archs, lat = store_lib.LatencyStore(path).load_arrays(config.device, int(config.batch),
-                                                          str(config.dtype))
+    try:
+        archs, lat = store_lib.LatencyStore(path).load_arrays(**_store_filter(config))
+    except KeyError as e:
+        raise ConfigError(f'data: {e.args[0]}') from None
     archs = space.to_numpy(archs)
     if config.get('max_rows'):
         archs, lat = archs[:config.max_rows], lat[:config.max_rows]
     return archs, np.asarray(lat, np.float64)
 
 
+def _store_filter(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The store rows ``config`` selects (``LatencyStore.load_arrays`` arguments)."""
+    return {
+        'device': str(config.device),
+        'batch': int(config.batch),
+        'dtype': str(config.dtype),
+        'protocol': str(config.get('protocol', '')) or None,
+        'width': float(config.width),
+    }
+
+
 def load_costs(config: ml_collections.ConfigDict) -> np.ndarray:
     """float64[n, 2] XLA flops and bytes accessed of :func:`load_rows`' rows (a store)."""
     from ofa_jax.latency import store as store_lib  # pylint: disable=g-import-not-at-top
-    costs = store_lib.LatencyStore(str(config.data)).load_costs(config.device,
-                                                                int(config.batch),
-                                                                str(config.dtype),
+    costs = store_lib.LatencyStore(str(config.data)).load_costs(**_store_filter(config),
                                                                 fields=xla_cost.COST_FIELDS)
     return costs[:config.max_rows] if config.get('max_rows') else costs
 
@@ -137,17 +153,42 @@ def _check(config: ml_collections.ConfigDict) -> None:
     if drift != 'none' and config.model in UNTRAINED:
         raise ConfigError(f'drift: {drift!r} needs a trained predictor; allowed with '
                           f'model={config.model}: none')
+    if config.get('protocol') and str(config.data).endswith('.csv'):
+        raise ConfigError(f'protocol: {config.protocol!r} filters store rows, and data '
+                          f'{config.data!r} is a CSV file; allowed with a CSV: \'\' (empty)')
     if config.model == 'xla_cost' and str(config.data).endswith('.csv'):
         raise ConfigError(f'data: {config.data!r} is a CSV file; model=xla_cost needs the XLA '
                           'cost analysis of every row, which only a latency store records; '
                           'allowed: a store path (with device)')
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Fits (or evaluates) one estimator; returns and writes ``metrics.json``."""
+def run(config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        data: tuple[space.Arch, np.ndarray] | None = None) -> dict[str, Any]:
+    """Fits (or evaluates) one estimator; returns and writes ``metrics.json``.
+
+    Args:
+      config: see ``experiments/configs/fit_predictor.py``.
+      workdir: output folder.
+      data: (archs, latency_ms) to split and fit instead of reading
+        ``config.data`` (which then only labels the output), for a caller
+        that has chosen its rows, e.g. the main job, whose comparison must
+        use the same split; ``max_rows`` does not apply. Not with
+        ``model=xla_cost``, which reads each row's cost from the store.
+    """
     _check(config)
+    if data is not None and config.model == 'xla_cost':
+        raise ValueError('run: data= has no XLA costs; model=xla_cost reads its rows from the '
+                         'store (data=None)')
     os.makedirs(workdir, exist_ok=True)
-    archs, lat = load_rows(config)
+    if data is None:
+        archs, lat = load_rows(config)
+    else:
+        archs, lat = space.to_numpy(data[0]), np.asarray(data[1], np.float64)
+        if lat.shape != (len(archs),):
+            raise ValueError(f'run: data= has {len(archs)} archs and latencies of shape '
+                             f'{lat.shape}')
     tr, va, te = split_indices(len(lat), config.split)
     out: dict[str, Any] = {
         'data': str(config.data),

@@ -51,6 +51,44 @@ class FitExperimentTest(absltest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(work, 'pred_vs_measured.png')))
         loaded = checkpoint.load(os.path.join(work, 'checkpoint'))
         self.assertEqual(np.asarray(loaded(archs[170:])).shape, (30,))
+        # Rows handed over by a caller (the main job): split and fitted as given,
+        # config.data only labels them and is never read.
+        cfg.data = os.path.join(folder, 'not_there.sqlite')
+        out = experiment_fit.run(cfg, work, data=(archs[:100], lat[:100]))
+        self.assertEqual(out['rows'], {'train': 70, 'val': 15, 'test': 15})
+        with self.assertRaisesRegex(ValueError, '100 archs and latencies of shape'):
+            experiment_fit.run(cfg, work, data=(archs[:100], lat[:99]))
+        cfg.model = 'xla_cost'
+        with self.assertRaisesRegex(ValueError, 'no XLA costs'):
+            experiment_fit.run(cfg, work, data=(archs[:100], lat[:100]))
+
+    def test_store_rows_by_protocol_and_width(self):
+        folder = self.create_tempdir().full_path
+        path = os.path.join(folder, 'lat.sqlite')
+        archs = space.unstack(space.sample_np(np.random.default_rng(3), 30, resolutions=(128,)))
+        with store_lib.LatencyStore(path) as s:
+            for i, a in enumerate(archs):
+                s.add(store_lib.RowKey('dev', space.arch_key(a), 1, 'float32', 'p-a'), 1.0 + i)
+            for a in archs[:10]:  # Re-measured later under another protocol.
+                s.add(store_lib.RowKey('dev', space.arch_key(a), 1, 'float32', 'p-b'), 100.0)
+        cfg = fit_config.get_config()
+        cfg.data, cfg.device = path, 'dev'
+        _, lat = experiment_fit.load_rows(cfg)  # Any protocol: the latest row per arch.
+        np.testing.assert_array_equal(lat, np.r_[11.0 + np.arange(20), np.full(10, 100.0)])
+        cfg.protocol = 'p-a'
+        _, lat = experiment_fit.load_rows(cfg)
+        np.testing.assert_array_equal(lat, 1.0 + np.arange(30))
+        cfg.protocol = 'p-c'
+        with self.assertRaisesRegex(
+                experiment_fit.ConfigError, r'protocol p-c, width 1.2; stored for it: 30 rows at '
+                r'batch 1, dtype float32, protocol p-a, width 1.2; 10 rows .* protocol p-b'):
+            experiment_fit.load_rows(cfg)
+        cfg.protocol, cfg.width = 'p-a', 1.0
+        with self.assertRaisesRegex(experiment_fit.ConfigError, 'width 1.0; stored'):
+            experiment_fit.load_rows(cfg)
+        cfg.data, cfg.width = os.path.join(folder, 'rows.csv'), 1.2
+        with self.assertRaisesRegex(experiment_fit.ConfigError, "protocol: 'p-a' filters store"):
+            experiment_fit.run(cfg, os.path.join(folder, 'work'))
 
     def test_drift_follows_the_latest_level(self):
         folder = self.create_tempdir().full_path

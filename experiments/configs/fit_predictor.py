@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
             device='',
             batch=1,
             dtype='float32',
+            protocol='',  # store only: rows of this protocol id; '' = any (latest per arch)
             max_rows=0,  # 0: all rows
             width=1.2,  # supernet width of the archs (the 2101.00732 files: 1.0)
             model='additive',  # mlp | additive | additive_mlp | lut | xla_cost (store only)

@@ -414,9 +414,21 @@ class LatencyStore:
             latest.pop(row.key.arch_key, None)
             latest[row.key.arch_key] = row
         if not latest:
-            raise KeyError(f'store {self.path}: no rows for device {device}, batch {batch}, '
-                           f'dtype {dtype}' + (f', protocol {protocol}' if protocol else ''))
+            asked = f'batch {batch}, dtype {dtype}' + (f', protocol {protocol}' if protocol else
+                                                       '') + (f', width {width}' if width else '')
+            raise KeyError(f'store {self.path}: no rows for device {device}, {asked}; stored for '
+                           f'it: {self._row_groups(device)}')
         return latest
+
+    def _row_groups(self, device: str) -> str:
+        """'N rows at batch B, dtype D, protocol P, width W; ...' for one device."""
+        groups: dict[tuple[Any, ...], int] = {}
+        for row in self.rows(device):
+            k = row.key
+            group = (k.batch, k.dtype, k.protocol, k.width)
+            groups[group] = groups.get(group, 0) + 1
+        return '; '.join(f'{n} rows at batch {b}, dtype {d}, protocol {p}, width {w}'
+                         for (b, d, p, w), n in sorted(groups.items())) or 'nothing'
 
     def load_arrays(self,
                     device: str,
