@@ -96,11 +96,11 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for s in strategies:
         if s not in transfer.STRATEGIES:
             raise ConfigError(f'strategies: {s!r}; allowed: {", ".join(transfer.STRATEGIES)}')
-    calibration_delta = float(config.get('calibration_delta', 0.0))
+    calibration_delta = float(config.calibration_delta)
     if calibration_delta < 0:
         raise ConfigError(f'calibration_delta: {config.calibration_delta}; allowed: >= 0 '
                           '(0: least squares)')
-    stack_ridge = float(config.get('stack_ridge', 1.0))
+    stack_ridge = float(config.stack_ridge)
     if stack_ridge < 0:
         raise ConfigError(f'stack_ridge: {config.stack_ridge}; allowed: >= 0')
     experiment_fit.check_loss(config)
