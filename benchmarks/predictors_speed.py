@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import reference  # noqa: E402
 from ofa_jax import space  # noqa: E402
 from predictors import checkpoint  # noqa: E402
 from predictors import features  # noqa: E402
@@ -84,25 +85,13 @@ def time_calls(fns, args, repeats):
     return [(float(np.median(t)), float(np.min(t))) for t in times]
 
 
-# The reference: a chain of [2048, 400] x [400, 400] float32 matmuls with ReLU,
-# the MLP's main layer at its chunk size, about as long as one MLP call.
-REF_MATMULS = 100
-REF_FLOPS = REF_MATMULS * 2 * 2048 * 400 * 400
-
-
-@jax.jit
-def reference_matmuls(x):
-    w = jax.random.normal(jax.random.key(1), (400, 400)) * 0.07
-    return jax.lax.fori_loop(0, REF_MATMULS, lambda i, x: jax.nn.relu(x @ w), x)
-
-
 def main(argv):
     del argv
     rng = np.random.default_rng(0)
     archs = space.sample_np(rng, FLAGS.n)
     archs = jax.tree_util.tree_map(jax.numpy.asarray, archs)
     fspec = features.fit_feature_spec(space.sample_np(rng, 1000))
-    x = jax.random.normal(jax.random.key(0), (2048, 400))
+    x = reference.inputs()
     rows = {}
     for name in ('mlp', 'additive'):
         pred = make_predictor(name, fspec, archs)
@@ -113,7 +102,7 @@ def main(argv):
                                    atol=1e-3)
         fns, args = [pred, scorer], [archs, archs]
         if name == 'mlp':
-            fns, args = fns + [reference_matmuls], args + [x]
+            fns, args = fns + [reference.matmuls], args + [x]
         timed = time_calls(fns, args, FLAGS.repeats)
         rows[name] = {}
         for path, (med, best) in zip(('jit', 'compiled'), timed):
@@ -128,7 +117,7 @@ def main(argv):
         rows[name]['compiled']['compiler_options'] = scorer.compiler_options
         rows[name]['compiled']['note'] = scorer.note
         if name == 'mlp':
-            rows[name]['reference_matmul_gflops'] = REF_FLOPS / timed[2][0] / 1e9
+            rows[name]['reference_matmul_gflops'] = reference.gflops(timed[2][0])
     print('jit: predictor(archs), weights as arguments; compiled: predictor.compiled(n), weights '
           'frozen in, XLA options ' + (str(scorer.compiler_options) or 'none') +
           (f' ({scorer.note})' if scorer.note else ''))

@@ -13,7 +13,9 @@ cases (``--predictors``):
   ../shared/data/external; skipped when absent).
 
 Timings exclude compilation (AOT ``lower().compile()`` first), synchronise
-with ``block_until_ready`` and report the median of ``--repeats`` runs.
+with ``block_until_ready`` and report the median of ``--repeats`` runs, each
+followed by one call of a fixed matmul chain whose rate (GFLOP/s,
+:mod:`benchmarks.reference`) says how fast this wandering VM was meanwhile.
 ``--precisions=float32,bfloat16`` also times the random MLPs with bfloat16
 scoring inside the loop and the final parents re-ranked in float32
 (``make_budget_search(exact_objective=..., exact_latency_fn=...)``), which
@@ -43,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import reference
 from ofa_jax import external_data
 from ofa_jax import space
 from ofa_jax import search
@@ -79,23 +82,29 @@ def _latency_mlp(predictor):
     return lambda archs: 5.0 + 40.0 * jax.nn.sigmoid(4.0 * predictor(archs))
 
 
-def _time(fn, *args, repeats: int) -> tuple[float, float, list[float], float]:
-    """(median wall s, compile s, all wall s, median process CPU s) after compile.
+def _time(fn, *args, repeats: int) -> tuple[float, float, list[float], float, float]:
+    """(median wall s, compile s, all wall s, median process CPU s, reference GFLOP/s).
 
     Process CPU time (all threads) is reported too: on a shared machine it is
-    less disturbed by other processes than wall time.
+    less disturbed by other processes than wall time. One call of the
+    reference matmul chain (:mod:`benchmarks.reference`) follows each timed
+    run; its median rate says how fast the machine was meanwhile.
     """
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    times, cpu = [], []
+    x = reference.inputs()
+    reference.seconds(x)  # compile
+    times, cpu, ref = [], [], []
     for i in range(repeats):
         shifted = (args[0] + 100 * (i + 1),) + args[1:]
         t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(*shifted))
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return statistics.median(times), compile_s, times, statistics.median(cpu)
+        ref.append(reference.seconds(x))
+    return (statistics.median(times), compile_s, times, statistics.median(cpu),
+            reference.gflops(statistics.median(ref)))
 
 
 def _trained_predictors(resolutions):
@@ -165,6 +174,8 @@ def _budgets(latency, resolutions):
 
 def main(argv):
     del argv
+    # Before any work: later the benchmark's own threads count in the load.
+    load = os.getloadavg()
     params = search.make_params(max_tries=_MAX_TRIES.value,
                                 candidate_ratio=_CANDIDATES.value,
                                 prng_impl=_PRNG.value,
@@ -190,19 +201,18 @@ def main(argv):
             cases['OFA acc + Note10 MLP, float32'] = _case(params, acc, lat,
                                                            _budgets(lat, params.resolutions))
 
-    load = os.getloadavg()
     print(f'\nSearch speed, MLP accuracy + MLP latency predictors, candidate_ratio='
           f'{_CANDIDATES.value}, max_tries={_MAX_TRIES.value}, prng {_PRNG.value}, '
           f'score_chunk={_SCORE_CHUNK.value}, memory_bits={_MEMORY.value}, '
           f'objective_first={_OBJ_FIRST.value}, '
-          f'{os.cpu_count()} CPUs, load average {load[0]:.1f}, jax {jax.__version__}')
+          f'{os.cpu_count()} CPUs, load average {load[0]:.1f} at start, jax {jax.__version__}')
     print(f'{"case":<58} {"wall s":>8} {"CPU s":>7} {"compile":>8} {"target":>7} {"met":>4} '
           f'{"OFA (>=9 s/search)":>18}')
     for label, case in cases.items():
         for name, key, target, ofa in (('1 search (100 x 500)', 'one', 1.0, 9.0),
                                        ('15 searches (5 budgets x 3 seeds), one call', 'fifteen',
                                         5.0, 15 * 9.0)):
-            t, c, _, cpu = case[key]
+            t, c, _, cpu, _ = case[key]
             print(f'{name + ", " + label:<58} {t:8.3f} {cpu:7.3f} {c:8.1f} {target:7.1f} '
                   f'{"yes" if t < target else "NO":>4} {ofa:18.0f}')
         print(f'  {label}: all 15 results feasible under the float32 latency predictor: '
@@ -212,8 +222,12 @@ def main(argv):
               f'scored per search (latency, objective) '
               f'{[round(v) for v in case["evaluations_per_search"]]} of '
               f'{params.num_candidates * params.num_generations} candidates drawn')
-    if load[0] > 1.5:
-        print('NOTE: machine busy (load average > 1.5): rerun on a quiet machine.')
+    refs = [case[k][4] for case in cases.values() for k in ('one', 'fifteen')]
+    if refs:
+        print(f'Reference float32 matmuls between the timed runs: {min(refs):.0f}-{max(refs):.0f} '
+              'GFLOP/s (benchmarks.reference; the issue assumes ~140 on this machine)')
+    if load[0] > 0.5:
+        print('NOTE: machine busy at start (load average > 0.5): rerun on a quiet machine.')
     os.makedirs(_OUT.value, exist_ok=True)
     with open(os.path.join(_OUT.value, 'search_speed.json'), 'w') as f:
         json.dump(
@@ -228,6 +242,7 @@ def main(argv):
                         'fifteen_searches_runs': case['fifteen'][2],
                         'fifteen_searches_process_cpu_seconds': case['fifteen'][3],
                         'compile_seconds': [case['one'][1], case['fifteen'][1]],
+                        'reference_matmul_gflops': [case['one'][4], case['fifteen'][4]],
                         'all_feasible': case['all_feasible'],
                         'evaluations_per_search': case['evaluations_per_search'],
                         'budgets_ms': case['budgets_ms'],
