@@ -7,10 +7,12 @@ tables:
 - parameters: every learned tensor, BatchNorm scale and shift included, the
   running mean and variance not; 1000 classes unless told otherwise;
 - MACs: multiply-accumulates of convolutions and linear layers only, batch 1.
-  A conv counts ``output elements * (in_channels / groups * k * k + bias)``
-  (so the biased SE convs count one extra per output), a linear layer
-  ``outputs * in_features`` (its bias is not counted). BatchNorm,
-  activations, the SE scaling, residual additions and pooling count nothing.
+  A conv counts ``output elements * in_channels / groups * k * k``, a linear
+  layer ``outputs * in_features``; biases (the SE convs', the classifier's),
+  BatchNorm, activations, the SE scaling, residual additions and pooling
+  count nothing. Equal to ``ofa.utils.pytorch_utils.count_net_flops`` of
+  OFA's own extracted sub-network, to the MAC
+  (``python -m benchmarks.ofa_torch_parity``).
 
 Everything is computed with array arithmetic over the 20 block positions, so
 one call counts one arch or a batch of any shape with no Python loop over
@@ -151,7 +153,7 @@ def count_macs(arch: space.Arch,
     block = (
         in_hw * mid * cin  # inverted bottleneck at the input size
         + out_hw * mid * kernel * kernel  # depthwise (applies the stride)
-        + has_se * (se * (mid + 1) + mid * (se + 1))  # SE convs on 1x1, with bias
+        + has_se * 2 * se * mid  # SE reduce and expand convs on the pooled 1x1
         + out_hw * cout * mid)  # projection
     blocks = xp.sum(xp.where(active, block, 0), axis=-1)
     c0 = net.first_channels

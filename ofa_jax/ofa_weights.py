@@ -26,12 +26,14 @@ the kernel transform matrices are used as they are (OFA applies them with
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ofa_jax import space
 from ofa_jax import spec
+from ofa_jax import torch_pickle
 
 # (flax collection, path) plus the converters between the two layouts.
 _Entry = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray],
@@ -179,3 +181,42 @@ def to_ofa_state_dict(variables: Mapping[str, Any], width: float = 1.2) -> dict[
         name: to_torch(np.asarray(_get(variables[collection], path)))
         for name, (collection, path, _, to_torch) in name_map(width).items()
     }
+
+
+def checkpoint_width(state_dict: Mapping[str, Any]) -> float:
+    """The width (1.0 or 1.2) of an OFA supernet state dict, from its first conv's channels."""
+    key = next((k for k in state_dict if _collapse(k) == 'first_conv.conv.weight'), None)
+    if key is None:
+        raise ValueError('state_dict: no first_conv.conv.weight; expected an OFAMobileNetV3 '
+                         'state dict')
+    channels = int(np.shape(state_dict[key])[0])
+    by_channels = {spec.net_spec(w).first_channels: w for w in space.WIDTHS}
+    if channels not in by_channels:
+        raise ValueError(f'{key}: {channels} output channels; allowed: '
+                         f'{", ".join(f"{c} (w{w})" for c, w in sorted(by_channels.items()))}')
+    return float(by_channels[channels])
+
+
+def load_pth(path: str | os.PathLike, width: float | None = None) -> tuple[float, dict[str, Any]]:
+    """Reads an OFA supernet checkpoint (``.pth``) without PyTorch.
+
+    The file is what OFA publishes as ``ofa_mbv3_d234_e346_k357_w1.0`` /
+    ``_w1.2`` (a ``{'state_dict': ...}`` dict, or the state dict itself), read
+    with :func:`ofa_jax.torch_pickle.load`, which builds arrays only and
+    refuses any other object.
+
+    Args:
+      path: the checkpoint file.
+      width: its width; ``None`` infers it from the first conv.
+
+    Returns:
+      ``(width, variables)``: SuperNet variables for
+      ``supernet.build_supernet(width)`` and ``extract.extract_subnet``.
+    """
+    obj = torch_pickle.load(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
+        obj = obj['state_dict']
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'{os.fspath(path)}: holds a {type(obj).__name__}, not a state dict')
+    width = checkpoint_width(obj) if width is None else float(width)
+    return width, from_ofa_state_dict(obj, width)

@@ -8,9 +8,14 @@ import zipfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import numpy as np
 
 from ofa_jax import external_data
+from ofa_jax import ofa_weights
+from ofa_jax import space
+from ofa_jax import subnet
+from ofa_jax import supernet
 from ofa_jax import torch_pickle
 
 _EXTERNAL = external_data.root()
@@ -131,6 +136,32 @@ class LoadTest(parameterized.TestCase):
             f.write(pickle.dumps({'a': 1}, protocol=2))
         with self.assertRaises(pickle.UnpicklingError):
             torch_pickle.load(path)
+
+    def test_ofa_supernet_checkpoint_loads_as_flax_variables(self):
+        # The layout OFA publishes its supernets in: {'state_dict': OrderedDict}.
+        model = supernet.build_supernet(1.0, depthwise='conv')
+        rng = np.random.default_rng(5)
+        shapes = subnet.init_variables(model, (1, 32, 32, 3), arch=space.largest())
+        variables = jax.tree_util.tree_map(
+            lambda a: rng.standard_normal(np.shape(a)).astype(np.float32), shapes)
+        state = ofa_weights.to_ofa_state_dict(variables, 1.0)
+        tensors = [(k, np.ascontiguousarray(v).reshape(-1), 0, v.shape,
+                    tuple(s // 4
+                          for s in np.ascontiguousarray(v).strides))
+                   for k, v in state.items()]
+        inner, storages = _state_dict_pickle(tensors, legacy=False)
+        wrapped = (pickle.PROTO + b'\x02' + pickle.EMPTY_DICT + _frag('state_dict') + inner[2:-1] +
+                   pickle.SETITEM + pickle.STOP)
+        tmp = self.create_tempdir().full_path
+        for name, main in (('wrapped', wrapped), ('bare', inner)):
+            path = os.path.join(tmp, f'ofa_mbv3_d234_e346_k357_w1.0_{name}.pth')
+            write_zip(path, main, storages)
+            width, got = ofa_weights.load_pth(path)
+            self.assertEqual(width, 1.0)  # inferred from the first conv
+            jax.tree_util.tree_map(np.testing.assert_array_equal, got, variables)
+        state['first_conv.conv.weight'] = np.zeros((20, 3, 3, 3), np.float32)
+        with self.assertRaisesRegex(ValueError, '20 output channels; allowed: 16 .w1.0., 24'):
+            ofa_weights.checkpoint_width(state)
 
     @absltest.skipUnless(os.path.exists(_ACC_PTH), 'OFA accuracy predictor not present')
     def test_ofa_acc_predictor(self):
