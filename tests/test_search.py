@@ -409,6 +409,13 @@ class ExperimentTest(absltest.TestCase):
             space.from_ofa_dict(row['arch'])
         self.assertEqual(saved['resolutions'], list(range(160, 225, 4)))
         self.assertGreater(saved['search_seconds'], 0.0)
+        # The best seed of each budget, budgets ascending.
+        self.assertEqual([b['budget_ms'] for b in saved['best']], [15.0, 30.0])
+        for b in saved['best']:
+            same = [r['objective'] for r in saved['results'] if r['budget_ms'] == b['budget_ms']]
+            self.assertEqual(b['objective'], max(same))
+        rows = [dict(saved['results'][0], feasible=False), saved['results'][1]]
+        self.assertEqual(experiment.best_per_budget(rows), [saved['results'][1]])
 
     @absltest.skipUnless(os.path.isdir(_LUT_DIR), 'Note10 LUT not present')
     def test_verify_with_a_store_uses_its_gauge(self):
