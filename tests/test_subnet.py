@@ -56,6 +56,23 @@ class SubNetTest(parameterized.TestCase):
         self.assertEqual(shapes['first_block']['depth_conv']['kernel'].shape, (3, 3, 1, 16))
         self.assertNotIn('inverted_bottleneck', shapes['first_block'])
 
+    def test_variable_shapes_equal_a_whole_network_trace(self):
+        rng = np.random.default_rng(11)
+        for width, impl, r in ((1.0, 'conv', 128), (1.2, 'shifted', 160), (1.2, 'conv', 224)):
+            for arch in space.unstack(space.sample_np(rng, 2, resolutions=(r,))):
+                model = subnet.build_subnet(arch, width, num_classes=17, depthwise=impl)
+                want = jax.eval_shape(
+                    lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((2, r, r, 3))))
+                got = subnet.variable_shapes(model)
+                self.assertEqual(jax.tree_util.tree_structure(got),
+                                 jax.tree_util.tree_structure(want))
+                for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+                    self.assertEqual((g.shape, g.dtype), (w.shape, w.dtype))
+        # The cache holds shapes only: a caller's tree is its own.
+        first = subnet.variable_shapes(model)
+        first['params'].pop('head')
+        self.assertIn('head', subnet.variable_shapes(model)['params'])
+
     def test_auto_depthwise_is_resolved(self):
         model = subnet.build_subnet(space.smallest(), 1.2)
         self.assertIn(model.depthwise, ('conv', 'shifted'))
