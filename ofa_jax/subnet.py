@@ -127,10 +127,11 @@ def variable_shapes(model: SubNet) -> dict[str, Any]:
 
     A layer's variable shapes depend on its fields and input channels only
     (never on the batch or image size), so each distinct layer is traced once
-    per process and cached: after a few dozen archs a new arch costs
-    microseconds instead of the 0.3-0.9 s of tracing every initialiser (a
-    sixth of what a latency measurement spends before timing on a 2-core
-    CPU). Same tree, shapes and dtypes as ``eval_shape`` (tested).
+    per process and cached (about 200 layers per width): after a few dozen
+    archs a new arch costs under a millisecond instead of the 0.3-0.9 s of
+    tracing every initialiser, which was an eighth to a sixth of what a
+    latency measurement spent before timing on a 2-core CPU. Same tree,
+    shapes and dtypes as ``eval_shape`` (tested).
     """
     out: dict[str, Any] = {}
     for layer in layer_plan(model):
