@@ -28,7 +28,11 @@ What it does, per width:
    (``depthwise='conv'``) and our extracted static sub-network
    (``depthwise='auto'``: shifted slices on CPU), all in inference mode,
    and, as a control, our supernet with one kernel size changed;
-4. compares parameter counts and MACs (OFA's ``count_parameters`` and
+4. re-calibrates BatchNorm on the same two calibration batches (sizes 3
+   and 2) with OFA's ``set_running_statistics`` and with
+   :func:`ofa_jax.accuracy_data.recalibrate_bn`, and compares the logits
+   after it (the accuracy-dataset path);
+5. compares parameter counts and MACs (OFA's ``count_parameters`` and
    ``count_net_flops``) with :mod:`ofa_jax.counts`; OFA's profiler sums
    its per-layer counts in float32 tensors, so above 2^24 its MACs are
    rounded (by 8-16 near 5e8 here) and ours count as equal within 1e-6.
@@ -50,6 +54,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from ofa_jax import accuracy_data
 from ofa_jax import counts
 from ofa_jax import extract
 from ofa_jax import ofa_weights
@@ -74,8 +79,9 @@ def _import_ofa():
     # pylint: disable=g-import-not-at-top
     import torch
     from ofa.imagenet_classification.elastic_nn import networks
+    from ofa.imagenet_classification.elastic_nn import utils as elastic_utils
     from ofa.utils import pytorch_utils
-    return torch, networks.OFAMobileNetV3, pytorch_utils
+    return torch, networks.OFAMobileNetV3, pytorch_utils, elastic_utils.set_running_statistics
 
 
 def _randomized_ofa(torch, ofa_cls, width: float, seed: int):
@@ -134,7 +140,8 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
 
 
-def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_utils) -> dict:
+def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_utils,
+                set_running_statistics) -> dict:
     """All comparisons for one width."""
     net = _randomized_ofa(torch, ofa_cls, width, int(rng.integers(1 << 30)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,6 +173,16 @@ def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_
         control = np.asarray(super_fwd(variables, x, other))
         sub_model, sub_vars = extract.extract_subnet(variables, arch, width)
         ours_sub = np.asarray(jax.jit(sub_model.apply)(sub_vars, x))
+        # BatchNorm re-calibration (OFA's set_running_statistics vs ours) on the
+        # same calibration batches, of unequal sizes, then logits in inference mode.
+        calib = [rng.standard_normal((n, r, r, 3)).astype(np.float32) for n in (3, 2)]
+        set_running_statistics(sub, [
+            (torch.from_numpy(np.ascontiguousarray(c.transpose(0, 3, 1, 2))), None) for c in calib
+        ])
+        with torch.no_grad():
+            ofa_recal = sub(xt).numpy()
+        recal_vars = accuracy_data.recalibrate_bn(sub_model, sub_vars, calib)
+        ours_recal = np.asarray(jax.jit(sub_model.apply)(recal_vars, x))
         ofa_params = int(pytorch_utils.count_parameters(sub))
         ofa_macs = int(pytorch_utils.count_net_flops(sub, (1, 3, r, r)))
         rows.append({
@@ -177,6 +194,8 @@ def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_
             'ofa_super_vs_ofa_sub': _rel(ofa_super, ofa_sub),
             'ours_super_vs_ofa_sub': _rel(ours_super, ofa_sub),
             'ours_sub_vs_ofa_sub': _rel(ours_sub, ofa_sub),
+            'recalibrated_ours_vs_ofa': _rel(ours_recal, ofa_recal),
+            'recalibration_moved': _rel(ofa_recal, ofa_sub),
             'same_top1': bool(np.all(ours_sub.argmax(-1) == ofa_sub.argmax(-1))),
             'params': [int(counts.count_params(arch, width)), ofa_params],
             'macs': [int(counts.count_macs(arch, width)), ofa_macs],
@@ -186,7 +205,9 @@ def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_
               f'{rows[-1]["ours_super_vs_ofa_sub"]:.1e} / {rows[-1]["ours_sub_vs_ofa_sub"]:.1e} '
               f'(OFA supernet vs its own sub-network {rows[-1]["ofa_super_vs_ofa_sub"]:.1e}, '
               f'image 1 vs image 2 {rows[-1]["between_images"]:.2f}, control '
-              f'{rows[-1]["control_one_kernel_changed"]:.2f}); '
+              f'{rows[-1]["control_one_kernel_changed"]:.2f}); after BN re-calibration '
+              f'{rows[-1]["recalibrated_ours_vs_ofa"]:.1e} (it moved the logits by '
+              f'{rows[-1]["recalibration_moved"]:.2f}); '
               f'params {rows[-1]["params"][0]:,} vs {ofa_params:,}, MACs '
               f'{rows[-1]["macs"][0]:,} vs {ofa_macs:,}')
     return {
@@ -195,6 +216,7 @@ def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_
         'max_rel_ours_super': max(r['ours_super_vs_ofa_sub'] for r in rows),
         'max_rel_ours_sub': max(r['ours_sub_vs_ofa_sub'] for r in rows),
         'max_rel_ofa_super': max(r['ofa_super_vs_ofa_sub'] for r in rows),
+        'max_rel_recalibrated': max(r['recalibrated_ours_vs_ofa'] for r in rows),
         'params_equal': all(r['params'][0] == r['params'][1] for r in rows),
         # OFA's profiler sums in float32 (spacing 32 near 5e8): equal up to its rounding.
         'macs_equal': all(abs(r['macs'][0] - r['macs'][1]) <= 1e-6 * r['macs'][1] for r in rows),
@@ -208,7 +230,7 @@ def check_width(width: float, rng: np.random.Generator, torch, ofa_cls, pytorch_
 
 def main(argv):
     del argv
-    torch, ofa_cls, pytorch_utils = _import_ofa()
+    torch, ofa_cls, pytorch_utils, set_running_statistics = _import_ofa()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     rng = np.random.default_rng(_SEED.value)
     out = {
@@ -218,12 +240,14 @@ def main(argv):
         'widths': {}
     }
     for w in _WIDTHS.value:
-        out['widths'][w] = check_width(float(w), rng, torch, ofa_cls, pytorch_utils)
-    print('\nwidth  archs  max rel. error vs OFA: our supernet / our sub-network  '
-          'images differ by  control  params equal  MACs equal  same top-1')
+        out['widths'][w] = check_width(float(w), rng, torch, ofa_cls, pytorch_utils,
+                                       set_running_statistics)
+    print('\nwidth  archs  max rel. error vs OFA: our supernet / our sub-network / after BN '
+          're-calibration  images differ by  control  params equal  MACs equal  same top-1')
     for w, res in out['widths'].items():
         print(f'{w:>5}  {len(res["rows"]):5d}  {res["max_rel_ours_super"]:24.1e} / '
-              f'{res["max_rel_ours_sub"]:.1e}{"":7s}{res["min_between_images"]:>11.2f}  '
+              f'{res["max_rel_ours_sub"]:.1e} / {res["max_rel_recalibrated"]:.1e}'
+              f'{"":17s}{res["min_between_images"]:>11.2f}  '
               f'{res["min_control"]:7.2f}  '
               f'{str(res["params_equal"]):>12}  {str(res["macs_equal"]):>10}  '
               f'{str(res["same_top1"]):>10}')

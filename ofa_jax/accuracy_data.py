@@ -11,10 +11,9 @@ use ``tfds.testing.mock_data``). Images are resized in the pipeline (shorter
 side to ``resolution / 0.875``, centre crop, as OFA's evaluation transform;
 mock images have random sizes) and normalised with ImageNet mean and std.
 
-Re-calibration: the statistic of each BatchNorm is the average over the
-calibration batches of the per-batch mean and (unbiased) variance, as OFA's
-``set_running_statistics``. Batch statistics are read out of the module's
-running-average update with the running values set to zero first.
+Re-calibration: the statistic of each BatchNorm is the batch-size weighted
+average over the calibration batches of the per-batch mean and biased
+variance, as OFA's ``set_running_statistics`` (:func:`recalibrate_bn`).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,41 +82,60 @@ def batches(source: Any,
         yield x, y
 
 
-def _zero_stats(stats: Any) -> Any:
-    return jax.tree_util.tree_map(jnp.zeros_like, stats)
-
-
 def recalibrate_bn(model: Any, variables: dict, images: Sequence[np.ndarray]) -> dict:
     """Replaces every BatchNorm's running statistics by their average over ``images``.
 
+    As OFA's ``set_running_statistics``: each batch runs in train mode
+    (normalised by its own statistics), every BatchNorm records the batch's
+    per-channel mean and *biased* variance, and the new running statistics
+    are their averages weighted by batch size (checked against OFA's code by
+    ``benchmarks/ofa_torch_parity.py``).
+
     Args:
-      model: a Flax module whose BatchNorms update ``batch_stats`` in train mode
-        with PyTorch momentum ``layers.BN_MOMENTUM``.
+      model: a Flax module built from :class:`ofa_jax.layers.BatchNorm`
+        (which reports batch moments in :data:`layers.BATCH_MOMENTS`).
       variables: its variables (``params`` and ``batch_stats``).
       images: calibration batches, float32 [b, r, r, 3].
 
     Returns:
-      A variables dict with re-calibrated ``batch_stats``.
+      A variables dict with re-calibrated ``batch_stats`` (a BatchNorm the
+      forward pass never reached keeps its statistics).
     """
     if 'batch_stats' not in variables:
         return variables
-    zero = {'params': variables['params'], 'batch_stats': _zero_stats(variables['batch_stats'])}
 
     @jax.jit
-    def batch_stats(x):
-        _, upd = model.apply(zero, x, train=True, mutable=['batch_stats'])
-        # From zero running values one update leaves momentum * batch statistic.
-        return jax.tree_util.tree_map(lambda v: v / layers.BN_MOMENTUM, upd['batch_stats'])
+    def moments(x):
+        _, upd = model.apply(variables,
+                             x,
+                             train=True,
+                             mutable=['batch_stats', layers.BATCH_MOMENTS])
+        return upd[layers.BATCH_MOMENTS]
 
     total, n = None, 0
     for x in images:
-        s = batch_stats(jnp.asarray(x))
-        total = s if total is None else jax.tree_util.tree_map(jnp.add, total, s)
-        n += 1
+        x = jnp.asarray(x)
+        m = jax.tree_util.tree_map(lambda v, b=x.shape[0]: v * b, _one_call(moments(x)))
+        total = m if total is None else jax.tree_util.tree_map(jnp.add, total, m)
+        n += int(x.shape[0])
     if n == 0:
         raise ValueError('recalibrate_bn: no calibration batches')
-    stats = jax.tree_util.tree_map(lambda v: v / n, total)
-    return dict(variables, batch_stats=stats)
+    new = flax.traverse_util.flatten_dict(jax.tree_util.tree_map(lambda v: v / n, total))
+    stats = flax.traverse_util.flatten_dict(variables['batch_stats'])
+    stats.update({k: v for k, v in new.items() if k in stats})
+    return dict(variables, batch_stats=flax.traverse_util.unflatten_dict(stats))
+
+
+def _one_call(sown: Any) -> Any:
+    """Sown ``(value,)`` tuples -> values (each BatchNorm runs once per forward pass)."""
+
+    def take(t):
+        if len(t) != 1:
+            raise ValueError(f'recalibrate_bn: a BatchNorm ran {len(t)} times in one forward '
+                             'pass; expected once')
+        return t[0]
+
+    return jax.tree_util.tree_map(take, sown, is_leaf=lambda t: isinstance(t, tuple))
 
 
 def evaluate(model: Any, variables: dict, data: Iterator[tuple[np.ndarray,

@@ -14,7 +14,9 @@ the same outputs:
 
 Every ``__call__`` takes ``train``: ``False`` normalises with the running
 statistics; ``True`` uses batch statistics and updates the ``batch_stats``
-collection (apply with ``mutable=['batch_stats']``).
+collection (apply with ``mutable=['batch_stats']``; with
+:data:`BATCH_MOMENTS` mutable too, each BatchNorm also reports its batch's
+mean and biased variance there).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from ofa_jax import spec
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: weight of the new batch statistic.
+# Collection into which BatchNorm sows each train-mode batch's mean and (biased)
+# variance when it is mutable (BN re-calibration reads them; otherwise a no-op).
+BATCH_MOMENTS = 'batch_moments'
 
 
 def hswish(x: jax.Array) -> jax.Array:
@@ -85,6 +90,8 @@ class BatchNorm(nn.Module):
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean), axis=axes)
             if not self.is_initializing():
+                self.sow(BATCH_MOMENTS, 'mean', mean)
+                self.sow(BATCH_MOMENTS, 'var', var)
                 n = x.size // x.shape[-1]
                 unbiased = var * (n / max(n - 1, 1))
                 new_mean = (1 - self.momentum) * ra_mean.value + self.momentum * mean

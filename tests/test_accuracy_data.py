@@ -24,11 +24,12 @@ class RecalibrateTest(absltest.TestCase):
     def test_stats_are_batch_averages(self):
         bn = layers.BatchNorm(4)
         x1 = np.random.default_rng(0).normal(2.0, 3.0, (8, 4)).astype(np.float32)
-        x2 = np.random.default_rng(1).normal(-1.0, 0.5, (8, 4)).astype(np.float32)
+        x2 = np.random.default_rng(1).normal(-1.0, 0.5, (4, 4)).astype(np.float32)
         v = bn.init(jax.random.key(0), jnp.zeros((1, 4)))
         new = accuracy_data.recalibrate_bn(bn, v, [x1, x2])
-        want_mean = (x1.mean(0) + x2.mean(0)) / 2
-        want_var = (x1.var(0, ddof=1) + x2.var(0, ddof=1)) / 2
+        # OFA's set_running_statistics: biased variances, batches weighted by size.
+        want_mean = (8 * x1.mean(0) + 4 * x2.mean(0)) / 12
+        want_var = (8 * x1.var(0) + 4 * x2.var(0)) / 12
         np.testing.assert_allclose(new['batch_stats']['mean'], want_mean, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(new['batch_stats']['var'], want_var, rtol=1e-4, atol=1e-5)
 
