@@ -90,8 +90,12 @@ class BatchNorm(nn.Module):
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean), axis=axes)
             if not self.is_initializing():
-                self.sow(BATCH_MOMENTS, 'mean', mean)
-                self.sow(BATCH_MOMENTS, 'var', var)
+                # Masked-off channels report their running values, so a
+                # re-calibration leaves them as they are (OFA's dynamic BN).
+                keep = (lambda new, old: new) if update_mask is None else (
+                    lambda new, old: jnp.where(update_mask, new, old))
+                self.sow(BATCH_MOMENTS, 'mean', keep(mean, ra_mean.value))
+                self.sow(BATCH_MOMENTS, 'var', keep(var, ra_var.value))
                 n = x.size // x.shape[-1]
                 unbiased = var * (n / max(n - 1, 1))
                 new_mean = (1 - self.momentum) * ra_mean.value + self.momentum * mean

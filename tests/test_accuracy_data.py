@@ -1,6 +1,7 @@
 """Tests for ofa_jax.accuracy_data with tfds.testing.mock_data and a tiny setup."""
 
 from absl.testing import absltest
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +33,26 @@ class RecalibrateTest(absltest.TestCase):
         want_var = (8 * x1.var(0) + 4 * x2.var(0)) / 12
         np.testing.assert_allclose(new['batch_stats']['mean'], want_mean, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(new['batch_stats']['var'], want_var, rtol=1e-4, atol=1e-5)
+
+
+class _HalfMasked(nn.Module):
+    """A BatchNorm whose last two channels are masked off (like an inactive expand)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return layers.BatchNorm(4, name='bn')(x, train, jnp.array([True, True, False, False]))
+
+
+class MaskedRecalibrateTest(absltest.TestCase):
+
+    def test_masked_channels_keep_their_statistics(self):
+        model = _HalfMasked()
+        v = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+        v = dict(v, batch_stats={'bn': {'mean': jnp.full(4, 5.0), 'var': jnp.full(4, 7.0)}})
+        x = np.random.default_rng(2).normal(1.0, 2.0, (6, 4)).astype(np.float32)
+        new = accuracy_data.recalibrate_bn(model, v, [x])['batch_stats']['bn']
+        np.testing.assert_allclose(new['mean'], np.r_[x.mean(0)[:2], 5.0, 5.0], rtol=1e-5)
+        np.testing.assert_allclose(new['var'], np.r_[x.var(0)[:2], 7.0, 7.0], rtol=1e-5)
 
 
 class BuildDatasetTest(absltest.TestCase):
