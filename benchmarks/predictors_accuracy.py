@@ -78,6 +78,7 @@ def main(argv):
             cfg.lut = os.path.join(EXTERNAL, 'ofa_note10_lut')
             work = os.path.join('/tmp', f'fit_bench_{ds}_{label}')
             out = experiment_fit.run(cfg, work)
+            out.pop('test_pred_ms')  # the metrics only, as in metrics.json
             cmd = (f'python -m experiments.fit_predictor --config=experiments/configs/'
                    f'fit_predictor.py --config.data={path} --config.width=1.0 '
                    f'--config.model={model}' +

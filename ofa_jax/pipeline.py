@@ -46,9 +46,7 @@ from ofa_jax.latency import lut_builder
 from ofa_jax.latency import measure
 from ofa_jax.latency import store as store_lib
 from ofa_jax.search import experiment as search_experiment
-from predictors import checkpoint
 from predictors import experiment_fit
-from predictors import lut as lut_lib
 from predictors import metrics
 from predictors import xla_cost
 
@@ -340,15 +338,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
                                              model, lut_dir),
                                  fdir,
                                  data=(archs, lat))
+        pred = out['test_pred_ms']  # on te: the same split as above
         if model == 'lut':
-            table = lut_lib.load_lut(lut_dir, width=width)
-            pred = np.asarray(table.predict(archs[te]), np.float64)
             cost_n = int(l_summary['layers'])
             cost_s = float(l_summary['total_elapsed_s'])
             latency_path = lut_dir
         else:
-            predictor = checkpoint.load(os.path.join(fdir, 'checkpoint'))
-            pred = np.asarray(predictor(archs[te]), np.float64)
             used = [keys[i] for i in np.concatenate([tr, va])]
             cost_n = len(used)
             cost_s = sum(_row_cost_s(rows[k]) for k in used if k in rows)

@@ -166,7 +166,10 @@ def run(config: ml_collections.ConfigDict,
         workdir: str,
         *,
         data: tuple[space.Arch, np.ndarray] | None = None) -> dict[str, Any]:
-    """Fits (or evaluates) one estimator; returns and writes ``metrics.json``.
+    """Fits (or evaluates) one estimator; writes ``metrics.json`` and returns it.
+
+    The returned dict also holds ``test_pred_ms`` (float64 predictions on the
+    test rows, in split order; not written to the file).
 
     Args:
       config: see ``experiments/configs/fit_predictor.py``.
@@ -258,4 +261,4 @@ def run(config: ml_collections.ConfigDict,
         os.path.join(workdir, 'pred_vs_measured.png'), pred, lat[te],
         f'{config.model} on {os.path.basename(str(config.data))}: '
         f'RMSE {out["rmse_ms"]:.3f} ms, MAPE {out["mape"]:.2f}%')
-    return out
+    return dict(out, test_pred_ms=pred)

@@ -47,10 +47,13 @@ class FitExperimentTest(absltest.TestCase):
         for key in ('rmse_ms', 'mae_ms', 'mape', 'acc5', 'acc10', 'kendall_tau', 'spearman'):
             self.assertIn(key, saved)
         self.assertEqual(saved['rows'], {'train': 140, 'val': 30, 'test': 30})
+        self.assertEqual(set(out), set(saved) | {'test_pred_ms'})
         self.assertLess(out['mape'], 10.0)  # plumbing test: 140 rows, 362 table entries
         self.assertTrue(os.path.exists(os.path.join(work, 'pred_vs_measured.png')))
         loaded = checkpoint.load(os.path.join(work, 'checkpoint'))
         self.assertEqual(np.asarray(loaded(archs[170:])).shape, (30,))
+        # The returned test predictions are the saved predictor's (the main job uses them).
+        np.testing.assert_allclose(out['test_pred_ms'], loaded(archs[170:]), rtol=1e-5)
         # Rows handed over by a caller (the main job): split and fitted as given,
         # config.data only labels them and is never read.
         cfg.data = os.path.join(folder, 'not_there.sqlite')
