@@ -21,7 +21,7 @@ data pipeline resizes to.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -140,6 +140,19 @@ def variable_shapes(model: SubNet) -> dict[str, Any]:
     return out
 
 
+def init_shapes(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> dict[str, Any]:
+    """Shapes and dtypes of ``model.init(key, x, **call_kwargs)`` for a float32 ``x``.
+
+    :func:`variable_shapes` for a :class:`SubNet` (cached per layer),
+    ``jax.eval_shape`` of the whole ``init`` for any other module.
+    """
+    if isinstance(model, SubNet) and not call_kwargs:
+        return variable_shapes(model)
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    return jax.eval_shape(functools.partial(model.init, **call_kwargs), jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+
+
 @functools.lru_cache(maxsize=4096)
 def _layer_shapes(cls: type, kwargs: tuple[tuple[str, Any], ...], in_channels: int) -> dict:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -205,11 +218,7 @@ def init_variables(model: nn.Module,
     import numpy as np  # local: keeps the module's import surface small.
     import jax.numpy as jnp
 
-    if isinstance(model, SubNet) and not call_kwargs:
-        shapes = variable_shapes(model)
-    else:
-        shapes = jax.eval_shape(
-            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape), **call_kwargs))
+    shapes = init_shapes(model, input_shape, **call_kwargs)
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):

@@ -259,11 +259,7 @@ def compile_module(module: Any,
     sharding = jax.sharding.SingleDeviceSharding(dev)
     x_struct = jax.ShapeDtypeStruct(tuple(input_shape), jdtype, sharding=sharding)
     from ofa_jax import subnet  # pylint: disable=g-import-not-at-top
-    if isinstance(module, subnet.SubNet):
-        shapes = subnet.variable_shapes(module)  # cached per layer: no whole-network trace
-    else:
-        shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                                jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    shapes = subnet.init_shapes(module, input_shape)  # a SubNet: cached per layer
     float_dtype = lambda s: jdtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
     var_structs = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, float_dtype(s), sharding=sharding), shapes)
