@@ -4,7 +4,10 @@ For each batch size (1, 32, 64) and each held-out GPU (2080 Ti, Titan RTX,
 Titan Xp) runs ``predictors.experiment_transfer`` (sources: the other two GPUs
 at that batch size; shots from the target's first 80% of rows; evaluation on
 its last 20%) and prints MAPE and acc10 per strategy and k, averaged over the
-three held-out GPUs, next to the issue's targets. Writes
+three held-out GPUs, next to the issue's targets. Beside the transfers it
+prints what the files allow (:func:`data_floor`): the target fit on its own
+evaluation rows, the sources recalibrated on all 4,000 adaptation rows, and
+the evaluation rows measured in slow spells. Writes
 ``benchmarks/results/predictors_help.{json,md}``.
 
     python benchmarks/predictors_help.py [--seeds=3] [--max_steps=4000] [--batches=1,32,64]
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import transfer as transfer_config  # noqa: E402
 from ofa_jax import csvio  # noqa: E402
 from ofa_jax import external_data  # noqa: E402
+from predictors import drift  # noqa: E402
 from predictors import experiment_fit  # noqa: E402
 from predictors import experiment_transfer  # noqa: E402
 from predictors import metrics  # noqa: E402
@@ -47,7 +51,7 @@ flags.DEFINE_bool(
     'next 10%) and score the same last 20%: what the data allows, not a transfer.')
 flags.DEFINE_bool(
     'summarize_only', False, 'Only rebuild the table from the saved JSON (adding the '
-    'measured-source reference where it is missing).')
+    'measured-source and data-floor references where they are missing).')
 flags.DEFINE_string('out', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'),
                     'Output folder.')
 FLAGS = flags.FLAGS
@@ -88,6 +92,64 @@ def measured_source_metrics(files: dict, target: str) -> dict:
     return best
 
 
+_FILE_MODELS: dict = {}
+
+
+def _file_model(path: str, cfg, rows: str):
+    """Additive model of one file, cached per process.
+
+    ``rows='source'``: first 90% to train, last 10% to early-stop (the
+    transfer's source models); ``'all'``: every row, early-stopped on the last
+    20%, i.e. the evaluation rows themselves (an in-sample fit, a floor).
+    """
+    key = (path, rows, int(cfg.max_steps))
+    if key not in _FILE_MODELS:
+        table = csvio.read_ofa_csv(path)
+        n = len(table)
+        if rows == 'source':
+            train, val = slice(0, int(0.9 * n)), slice(int(0.9 * n), n)
+        else:
+            train, val = slice(0, n), slice(int(0.8 * n), n)
+        _FILE_MODELS[key] = experiment_transfer.fit_file_model(
+            table, train, val, config=experiment_fit.train_config(cfg), width=1.2)
+    return _FILE_MODELS[key]
+
+
+def _lad(x: np.ndarray, y: np.ndarray, iterations: int = 30) -> np.ndarray:
+    """Least absolute deviations by reweighted least squares (minimum-norm steps)."""
+    beta = np.linalg.lstsq(x, y, rcond=None)[0]
+    for _ in range(iterations):
+        w = np.sqrt(1.0 / np.maximum(np.abs(y - x @ beta), 1e-3))
+        beta = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+    return beta
+
+
+def data_floor(files: dict, target: str, cfg) -> dict:
+    """What the files allow, however good the transfer; none of these is a transfer.
+
+    ``in_sample``: an additive model fit on all of the target's rows,
+    evaluation rows included, scored on the evaluation rows. ``all_rows``:
+    the two source models recalibrated on *all* the target's adaptation rows
+    (first 80%, not k shots): log y = sum_g w_g log p_g + one offset per
+    resolution, least absolute deviations. ``slow_spells``: see
+    :func:`predictors.drift.slow_spells`.
+    """
+    table = csvio.read_ofa_csv(files[target])
+    y, n = table.latency_ms, len(table)
+    cut = int(0.8 * n)
+    ev = table.archs[cut:]
+    in_sample = metrics.all_metrics(np.asarray(_file_model(files[target], cfg, 'all')(ev)), y[cut:])
+    others = [g for g in GPUS if g != target]
+    logp = np.stack(
+        [np.log(np.asarray(_file_model(files[g], cfg, 'source')(table.archs))) for g in others], 1)
+    res = np.asarray(table.archs.resolution).reshape(-1)
+    x = np.concatenate([logp, (res[:, None] == np.unique(res)[None]).astype(np.float64)], 1)
+    beta = _lad(x[:cut], np.log(y[:cut]))
+    all_rows = metrics.all_metrics(np.exp(x[cut:] @ beta), y[cut:])
+    spells = drift.slow_spells(y, [csvio.read_ofa_csv(files[g]).latency_ms for g in others], cut)
+    return {'in_sample': in_sample, 'all_rows': all_rows, 'slow_spells': spells}
+
+
 def main(argv):
     del argv
     data = os.path.abspath(DATA)
@@ -109,6 +171,10 @@ def main(argv):
                 if key in results and 'measured_source' not in results[key]:
                     # Cheap (reads the files only): filled in for older JSONs.
                     results[key]['measured_source'] = measured_source_metrics(files, target)
+                if key in results and 'data_floor' not in results[key]:
+                    cfg = transfer_config.get_config()
+                    cfg.max_steps = FLAGS.max_steps
+                    results[key]['data_floor'] = data_floor(files, target, cfg)
                 continue
             cfg = transfer_config.get_config()
             cfg.sources = ','.join(files[g] for g in sources)
@@ -125,6 +191,7 @@ def main(argv):
             if FLAGS.own_rows:
                 out['own_rows'] = own_rows_metrics(files[target], cfg)
             out['measured_source'] = measured_source_metrics(files, target)
+            out['data_floor'] = data_floor(files, target, cfg)
             out['seconds'] = time.perf_counter() - t0
             results[key] = out
             print(f'batch {batch} target {target}: {out["seconds"]:.0f} s', flush=True)
@@ -186,6 +253,33 @@ def main(argv):
             for batch, m in oracle
             if m
         ]
+    floor = [(batch, [(k.split('/')[1], v['data_floor'])
+                      for k, v in results.items()
+                      if k.startswith(f'batch{batch}/') and 'data_floor' in v])
+             for batch in [int(b) for b in FLAGS.batches.split(',')]]
+    if any(m for _, m in floor):
+        lines += [
+            '', 'What the files allow (none is a transfer; MAPE %, mean over the GPUs, then '
+            f'each GPU in the order {", ".join(GPUS)}). *Own test rows*: an additive model fit '
+            "on all of the target's rows, the evaluation rows included. *All 4,000 rows*: the "
+            "two source models recalibrated on all the target's adaptation rows instead of k "
+            'shots, with one offset per resolution. *Slow spells*: share of the evaluation rows '
+            'measured while the target ran more than 10% off its usual ratio to both other '
+            'GPUs (running median of 21 rows in file order; no arch feature can see it), and '
+            'the MAPE those rows add to a predictor exact on every other row.', '',
+            '| batch | own test rows | all 4,000 rows | slow spells: share / MAPE added |',
+            '|---|---|---|---|'
+        ]
+        for batch, m in floor:
+            if not m:
+                continue
+            cells = []
+            for name in ('in_sample', 'all_rows'):
+                per = [x[name]['mape'] for _, x in m]
+                cells.append(f'{np.mean(per):.2f} ({", ".join(f"{v:.2f}" for v in per)})')
+            spells = ', '.join(f'{t} {x["slow_spells"]["eval_share"]:.2f} / '
+                               f'{x["slow_spells"]["mape_added"]:.2f}' for t, x in m)
+            lines.append(f'| {batch} | {cells[0]} | {cells[1]} | {spells} |')
     table = '\n'.join(lines)
     print(table)
     if FLAGS.summarize_only:  # a full run saved the JSON after each target

@@ -87,3 +87,60 @@ def last_level(residuals_ms: Any,
         'shifts': [(int(i), float(z)) for i, z in shifts],
         'rows': int(r.size - start),
     }
+
+
+def slow_spells(latency_ms: Any,
+                references_ms: list[Any],
+                cut: int,
+                *,
+                half_window: int = 10,
+                threshold: float = 0.10) -> dict:
+    """Rows measured while a device ran off its usual speed, judged against other devices.
+
+    Needs the same archs, in the same order, measured on other devices (the
+    HELP files). Per reference device: the running median, over rows ``i -
+    half_window .. i + half_window`` in file (measurement) order, of
+    ``log(latency / reference)``, minus its median over the first ``cut``
+    rows. A row lies in a spell when every reference sees a shift of the same
+    sign beyond ``threshold``, so a spell of one reference device does not
+    count. Archs in such files are drawn at random: no arch feature can tell
+    a spell's rows apart, so no predictor of the arch can follow them.
+
+    Args:
+      latency_ms: float[n], the device's measurements in order.
+      references_ms: other devices' measurements of the same n archs.
+      cut: rows before it are the "usual" level (a benchmark's adaptation rows).
+      half_window: half the running-median window (rows).
+      threshold: relative shift that counts (0.10: 10%).
+
+    Returns:
+      dict with ``eval_share`` / ``adapt_share`` (share of rows in spells
+      from ``cut`` on / before it) and ``mape_added``: what the spells add,
+      in percent, to the MAPE on the rows from ``cut`` on of a predictor that
+      is exact on every other row.
+    """
+    y = np.asarray(latency_ms, np.float64).reshape(-1)
+    refs = [np.asarray(r, np.float64).reshape(-1) for r in references_ms]
+    if not refs or any(r.shape != y.shape for r in refs):
+        raise ValueError(f'references_ms: need one or more arrays of {y.size} latencies, got '
+                         f'shapes {[r.shape for r in refs]}')
+    if np.any(~(y > 0)) or any(np.any(~(r > 0)) for r in refs):
+        raise ValueError('latency_ms / references_ms: every latency must be positive')
+    if not 0 < cut < y.size:
+        raise ValueError(f'cut: {cut}; allowed: 1 .. {y.size - 1}')
+    shifts = []
+    for ref in refs:
+        ratio = np.log(y / ref)
+        med = np.array(
+            [np.median(ratio[max(0, i - half_window):i + half_window + 1]) for i in range(y.size)])
+        shifts.append(med - np.median(med[:cut]))
+    shifts = np.stack(shifts)
+    same = np.all(np.sign(shifts) == np.sign(shifts[0]), axis=0)
+    shift = np.where(same, np.sign(shifts[0]) * np.abs(shifts).min(axis=0), 0.0)
+    spell = np.abs(shift) > np.log1p(threshold)
+    added = np.sum(np.abs(1.0 - np.exp(-shift[cut:]))[spell[cut:]]) / (y.size - cut)
+    return {
+        'eval_share': float(spell[cut:].mean()),
+        'adapt_share': float(spell[:cut].mean()),
+        'mape_added': float(100.0 * added),
+    }

@@ -138,6 +138,28 @@ class FitExperimentTest(absltest.TestCase):
         with self.assertRaisesRegex(ValueError, 'residuals_ms'):
             drift.last_level([0.0, np.nan])
 
+    def test_slow_spells_sees_the_device_not_a_reference(self):
+        from predictors import drift
+        rng = np.random.default_rng(0)
+        base = rng.uniform(5.0, 20.0, 1000)  # The archs' "true" latency, random order.
+        ref_a = base * 1.3 * np.exp(rng.normal(0, 0.02, 1000))
+        ref_b = base * 0.7 * np.exp(rng.normal(0, 0.02, 1000))
+        y = base * np.exp(rng.normal(0, 0.02, 1000))
+        y[850:950] *= 1.25  # The device runs 25% slow for 100 of its last 200 rows.
+        spells = drift.slow_spells(y, [ref_a, ref_b], 800)
+        self.assertAlmostEqual(spells['eval_share'], 0.5, delta=0.06)
+        self.assertEqual(spells['adapt_share'], 0.0)
+        # 100 of 200 rows off by 1 - 1/1.25 = 20%: 10% added MAPE.
+        self.assertAlmostEqual(spells['mape_added'], 10.0, delta=1.0)
+        # A spell of one reference alone is not the device's.
+        ref_a[850:950] /= 1.25
+        y[850:950] /= 1.25
+        self.assertEqual(drift.slow_spells(y, [ref_a, ref_b], 800)['eval_share'], 0.0)
+        with self.assertRaisesRegex(ValueError, '^references_ms: '):
+            drift.slow_spells(y, [ref_a[:10]], 800)
+        with self.assertRaisesRegex(ValueError, '^cut: '):
+            drift.slow_spells(y, [ref_a], 1000)
+
     def test_xla_cost_fit_recovers_a_roofline(self):
         rng = np.random.default_rng(0)
         costs = np.stack([rng.uniform(2e8, 9e8, 60), rng.uniform(1e8, 4e8, 60)], axis=1)
