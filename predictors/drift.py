@@ -117,7 +117,7 @@ def slow_spells(latency_ms: Any,
       dict with ``eval_share`` / ``adapt_share`` (share of rows in spells
       from ``cut`` on / before it) and ``mape_added``: what the spells add,
       in percent, to the MAPE on the rows from ``cut`` on of a predictor that
-      is exact on every other row.
+      would be exact but for the spells.
     """
     y = np.asarray(latency_ms, np.float64).reshape(-1)
     refs = [np.asarray(r, np.float64).reshape(-1) for r in references_ms]
@@ -128,6 +128,9 @@ def slow_spells(latency_ms: Any,
         raise ValueError('latency_ms / references_ms: every latency must be positive')
     if not 0 < cut < y.size:
         raise ValueError(f'cut: {cut}; allowed: 1 .. {y.size - 1}')
+    if half_window < 0 or not threshold > 0:
+        raise ValueError(f'half_window / threshold: {half_window} / {threshold}; allowed: '
+                         '>= 0 rows / > 0')
     shifts = []
     for ref in refs:
         ratio = np.log(y / ref)

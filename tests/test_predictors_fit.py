@@ -159,6 +159,8 @@ class FitExperimentTest(absltest.TestCase):
             drift.slow_spells(y, [ref_a[:10]], 800)
         with self.assertRaisesRegex(ValueError, '^cut: '):
             drift.slow_spells(y, [ref_a], 1000)
+        with self.assertRaisesRegex(ValueError, '^half_window / threshold: '):
+            drift.slow_spells(y, [ref_a], 800, threshold=0.0)
 
     def test_xla_cost_fit_recovers_a_roofline(self):
         rng = np.random.default_rng(0)
