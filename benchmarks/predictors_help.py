@@ -266,7 +266,7 @@ def main(argv):
             'shots, with one offset per resolution. *Slow spells*: share of the evaluation rows '
             'measured while the target ran more than 10% off its usual ratio to both other '
             'GPUs (running median of 21 rows in file order; no arch feature can see it), and '
-            'the MAPE those rows add to a predictor exact on every other row.', '',
+            'the MAPE those rows add to a predictor that would be exact but for the spells.', '',
             '| batch | own test rows | all 4,000 rows | slow spells: share / MAPE added |',
             '|---|---|---|---|'
         ]
