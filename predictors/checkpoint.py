@@ -118,6 +118,43 @@ class Predictor:
                              norm=self.norm)
         return out + self.offset_ms if self.offset_ms else out
 
+    def breakdown(self, archs: space.Arch) -> dict[str, np.ndarray]:
+        """Where an additive predictor's latency goes, per arch (ms, float32 numpy).
+
+        Returns ``fixed_ms`` [N] (stem, head and final layers at the arch's
+        resolution, plus ``offset_ms``), ``blocks_ms`` [N, 20] (each block's
+        learned cost at its configuration and input size; 0 for blocks the
+        depth leaves out) and ``residual_ms`` [N] (the residual MLP's
+        correction: what does not add up). They sum to ``self(archs)``; an
+        ensemble gives its members' mean. On an absolute scale only block
+        cost *differences* are identified by training data (a constant can
+        move between the fixed term and the blocks every arch has).
+
+        Raises:
+          ValueError: the predictor is not the additive model, or its target
+            normalisation is not linear in ms (``log``).
+        """
+        if self.model_name != 'additive':
+            raise ValueError(f'breakdown: model {self.model_name!r} has no per-block terms; '
+                             "allowed: 'additive'")
+        if self.norm.kind not in ('scale', 'standardize'):
+            raise ValueError(f'breakdown: target {self.norm.kind!r} does not split into terms in '
+                             "ms; allowed: 'scale', 'standardize'")
+        params = self.params if self.ensemble else jax.tree_util.tree_map(
+            lambda v: v[None], self.params)
+        parts = np.asarray(
+            _parts(params,
+                   jnp.asarray(self.context),
+                   _as_jnp(archs),
+                   model=self._model.clone(return_parts=True),
+                   fspec=self.fspec)) * self.norm.std
+        shift = self.offset_ms + (self.norm.mean if self.norm.kind == 'standardize' else 0.0)
+        return {
+            'fixed_ms': parts[..., 0] + shift,
+            'blocks_ms': parts[..., 1:-1],
+            'residual_ms': parts[..., -1],
+        }
+
     def compiled(self, batch_size: int, *, fuse_dots: bool | None = None) -> 'CompiledScorer':
         """``self(archs)`` compiled ahead of time for one batch size, weights frozen in.
 
@@ -172,6 +209,12 @@ def _score(params, context, archs, *, model, fspec, norm, reduce):
     x = _inputs(archs, context, fspec)
     per = jax.vmap(lambda p: norm.decode(model.apply(p, x)))(params)
     return jnp.mean(per, axis=0) if reduce else per
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'fspec'))
+def _parts(params, context, archs, *, model, fspec):
+    x = _inputs(archs, context, fspec)
+    return jnp.mean(jax.vmap(lambda p: model.apply(p, x))(params), axis=0)
 
 
 def _as_jnp(archs: space.Arch) -> space.Arch:

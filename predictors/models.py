@@ -49,11 +49,15 @@ class AdditiveModel(nn.Module):
       knots: resolutions at which the table stores costs (``FeatureSpec.knots``).
       residual_hidden: width of the residual MLP; 0 disables it.
       residual_onehot: also feed OFA's one-hot to the residual MLP (slower).
+      return_parts: return the terms instead of their sum: ``[..., 22]``,
+        the fixed term, the 20 blocks' costs (0 where inactive), the
+        residual (``Predictor.breakdown``); same parameters.
     """
 
     knots: Sequence[int]
     residual_hidden: int = 32
     residual_onehot: bool = False
+    return_parts: bool = False
 
     @nn.compact
     def __call__(self, inputs: dict[str, Any]) -> jnp.ndarray:
@@ -74,16 +78,24 @@ class AdditiveModel(nn.Module):
         per_pos = jnp.where(inputs['active'], inputs['choice'], n_c)
         idx = inputs['slot'][..., None] * (n_pos *
                                            (n_c + 1)) + jnp.arange(n_pos) * (n_c + 1) + per_pos
-        total = jnp.sum(eff.reshape(-1)[idx], axis=-1) + fixed_eff[inputs['slot']]
+        blocks = eff.reshape(-1)[idx]
+        total = jnp.sum(blocks, axis=-1) + fixed_eff[inputs['slot']]
         if not self.residual_hidden:
-            return total
+            return self._parts(fixed_eff[inputs['slot']], blocks,
+                               jnp.zeros_like(total)) if self.return_parts else total
         parts = [inputs['depth'], inputs['res'][..., None], total[..., None]]
         if self.residual_onehot:
             parts += [inputs['onehot'], inputs['scalars']]
         x = jnp.concatenate(parts, axis=-1)
         x = nn.tanh(nn.Dense(self.residual_hidden, name='res_in')(x))
         res = nn.Dense(1, kernel_init=nn.initializers.zeros, name='res_out')(x)[..., 0]
+        if self.return_parts:
+            return self._parts(fixed_eff[inputs['slot']], blocks, res)
         return total + res
+
+    @staticmethod
+    def _parts(fixed, blocks, residual):
+        return jnp.concatenate([fixed[..., None], blocks, residual[..., None]], axis=-1)
 
 
 class ContextMLP(nn.Module):

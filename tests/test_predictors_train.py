@@ -63,6 +63,45 @@ class TrainTest(absltest.TestCase):
         np.testing.assert_allclose(diff_learned, diff_true, atol=1e-2)
         self.assertEqual(result.best_val.shape, (1,))
 
+    def test_breakdown_adds_up_and_prices_a_block_change(self):
+        archs, lat, costs, _ = synthetic(600, resolutions=(176, 224))
+        fspec = features.fit_feature_spec(archs[:500], width=1.2)
+        cfg = small_config(max_steps=20, eval_every=10)
+        pred, _ = fit.fit_predictor('additive', archs[:500], lat[:500], fspec=fspec, config=cfg)
+        pred = pred.replace(offset_ms=0.25)
+        test = archs[500:]
+        parts = pred.breakdown(test)
+        total = parts['fixed_ms'] + parts['blocks_ms'].sum(-1) + parts['residual_ms']
+        np.testing.assert_allclose(total, np.asarray(pred(test)), rtol=1e-5)
+        inactive = ~np.asarray(space.active_blocks(test.depth))
+        self.assertTrue(inactive.any())
+        np.testing.assert_array_equal(parts['blocks_ms'][inactive], 0.0)
+        # Change one active block's (kernel, expand): only that block's cost
+        # moves, by the true cost difference.
+        a = test[:1]
+        b = a.replace(kernel=np.array(a.kernel), expand=np.array(a.expand))
+        b.kernel[0, 1] = 7 if a.kernel[0, 1] != 7 else 3
+        b.expand[0, 1] = 6 if a.expand[0, 1] != 6 else 3
+        pa, pb = pred.breakdown(a)['blocks_ms'][0], pred.breakdown(b)['blocks_ms'][0]
+        ri = [176, 224].index(int(a.resolution[0]))
+        ca, cb = (int(np.asarray(features.choice_index(x))[0, 1]) for x in (a, b))
+        self.assertAlmostEqual(pb[1] - pa[1], costs[ri, 1, cb] - costs[ri, 1, ca], delta=1e-2)
+        np.testing.assert_allclose(np.delete(pb, 1), np.delete(pa, 1), atol=1e-6)
+        # An ensemble gives its members' mean, still adding up.
+        two, _ = fit.fit_predictor('additive',
+                                   archs[:500],
+                                   lat[:500],
+                                   fspec=fspec,
+                                   config=cfg,
+                                   num_members=2)
+        p2 = two.breakdown(test)
+        np.testing.assert_allclose(p2['fixed_ms'] + p2['blocks_ms'].sum(-1) + p2['residual_ms'],
+                                   np.asarray(two(test)),
+                                   rtol=1e-5)
+        mlp, _ = fit.fit_predictor('mlp', archs[:100], lat[:100], fspec=fspec, config=cfg)
+        with self.assertRaisesRegex(ValueError, "^breakdown: model 'mlp'"):
+            mlp.breakdown(test)
+
     def test_training_reduces_loss(self):
         archs, lat, _, _ = synthetic(300, seed=1)
         fspec = features.fit_feature_spec(archs[:250])
