@@ -46,7 +46,9 @@ from ofa_jax.latency import lut_builder
 from ofa_jax.latency import measure
 from ofa_jax.latency import store as store_lib
 from ofa_jax.search import experiment as search_experiment
+from predictors import checkpoint
 from predictors import experiment_fit
+from predictors import lut as lut_lib
 from predictors import metrics
 from predictors import xla_cost
 
@@ -358,6 +360,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
             'cost_minutes': cost_s / 60.0,
             'latency_path': latency_path,
         }
+    breakdown = latency_breakdown(
+        {k: estimators[k]['latency_path'] for k in ('lut', 'additive') if k in estimators},
+        archs[te], lat[te], width)
     cost_est = _xla_cost_estimator(rows, keys, lat, tr, te)
     if cost_est is not None:
         predictions['xla_cost'] = cost_est.pop('pred')
@@ -415,6 +420,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
             'total': len(lat)
         },
         'estimators': estimators,
+        'breakdown': breakdown,
         'budgets_ms': budgets,
         'searches': searches,
         'stages_s': stages,
@@ -429,6 +435,47 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1, default=_json_default)
     return summary
+
+
+BREAKDOWN_PARTS = ('fixed', 'stage 1', 'stage 2', 'stage 3', 'stage 4', 'stage 5', 'residual')
+
+
+def latency_breakdown(paths: dict[str, str], archs: space.Arch, latency_ms: np.ndarray,
+                      width: float) -> dict[str, Any]:
+    """Mean latency per part of the network over ``archs``, by each estimator that has parts.
+
+    Args:
+      paths: estimator -> LUT folder (``'lut'``) or predictor checkpoint
+        (an additive one; others have no parts and are left out).
+      archs, latency_ms: the held-out sub-networks and their measurements.
+      width: the supernet width of the LUT.
+
+    Returns:
+      ``parts`` (:data:`BREAKDOWN_PARTS`: fixed layers, the 5 stages, the
+      additive model's residual), ``mean_ms`` (estimator -> mean ms per part;
+      each sums to that estimator's mean prediction) and ``measured_mean_ms``.
+    """
+    means = {}
+    for name, path in paths.items():
+        if name == 'lut':
+            parts = lut_lib.load_lut(path, width=width).breakdown(archs)
+        else:
+            predictor = checkpoint.load(path)
+            if predictor.model_name != 'additive':
+                continue
+            parts = predictor.breakdown(archs)
+        stages = np.asarray(parts['blocks_ms']).reshape(-1, space.NUM_STAGES,
+                                                        space.MAX_DEPTH).sum(-1)
+        per = np.concatenate([
+            np.asarray(parts['fixed_ms']).reshape(-1, 1), stages,
+            np.asarray(parts['residual_ms']).reshape(-1, 1)
+        ], 1)
+        means[name] = [float(v) for v in per.mean(0)]
+    return {
+        'parts': list(BREAKDOWN_PARTS),
+        'mean_ms': means,
+        'measured_mean_ms': float(np.mean(latency_ms))
+    }
 
 
 def _gauge(config, parsed, store_path, device) -> measure.Gauge | None:

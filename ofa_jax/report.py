@@ -5,7 +5,7 @@ and writes, into one folder:
 
 - ``report.md``: device, config, estimator comparison (accuracy and cost),
   search verification, reference counts, stage times, exact commands;
-- ``pred_vs_measured.png``, ``error_distribution.png``,
+- ``pred_vs_measured.png``, ``error_distribution.png``, ``breakdown.png``,
   ``search_measured_vs_budget.png``, ``front.png``;
 - ``measurements.csv`` (every measured sub-network and its split),
   ``predictions.csv`` (held-out rows, every estimator), ``search.csv``;
@@ -239,6 +239,48 @@ def _plots(out_dir: str, summary, latency_ms, test_index, predictions, search_ro
         fig.savefig(os.path.join(out_dir, 'front.png'))
         plt.close(fig)
 
+    breakdown = summary.get('breakdown') or {}
+    if breakdown.get('mean_ms'):
+        parts, means = breakdown['parts'], breakdown['mean_ms']
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        height = 0.8 / len(means)
+        y = np.arange(len(parts))
+        for i, (k, v) in enumerate(means.items()):
+            ax.barh(y + i * height, v, height, label=summary['estimators'][k]['label'])
+        ax.set_yticks(y + height * (len(means) - 1) / 2, parts)
+        ax.invert_yaxis()
+        ax.set_xlabel('mean latency over the held-out sub-networks (ms)')
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, 'breakdown.png'))
+        plt.close(fig)
+
+
+def _breakdown_lines(summary) -> list[str]:
+    """The "where the latency goes" table (empty without a LUT or additive predictor)."""
+    b = summary.get('breakdown') or {}
+    means = b.get('mean_ms') or {}
+    if not means:
+        return []
+    names = list(means)
+    lines = [
+        '## Where the latency goes', '', 'Mean over the held-out sub-networks, in ms: the '
+        'LUT\'s entries (each layer timed alone) and the additive predictor\'s learned terms '
+        '(`Predictor.breakdown`). Only differences between block choices are pinned down by '
+        'whole-network measurements: a constant can move between the fixed layers and the '
+        'blocks every sub-network has, so compare stages across estimators with that in mind.', '',
+        '| part | ' + ' | '.join(summary['estimators'][k]['label'] for k in names) + ' |',
+        '|---|' + '---|' * len(names)
+    ]
+    for i, part in enumerate(b['parts']):
+        lines.append(f'| {part} | ' + ' | '.join(f'{means[k][i]:.3f}' for k in names) + ' |')
+    lines += [
+        '| **total** | ' + ' | '.join(f'**{sum(means[k]):.3f}**' for k in names) + ' |', '',
+        f'Measured mean of the same sub-networks: {b["measured_mean_ms"]:.3f} ms.', '',
+        '![latency per part](breakdown.png)', ''
+    ]
+    return lines
+
 
 def _write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
     with open(path, 'w', newline='') as f:
@@ -319,6 +361,7 @@ def write_report(out_dir: str, summary: Mapping[str,
         '',
         '![error distribution](error_distribution.png)',
         '',
+        *_breakdown_lines(summary),
         '## Search at three budgets, found sub-networks measured',
         '',
         *_search_table(search_rows),

@@ -315,6 +315,24 @@ class LookupTable:
         Raises:
           KeyError: if some resolution is not covered.
         """
+        fixed, blocks = self._terms_np(archs)
+        return (fixed + blocks.sum(-1)).reshape(np.shape(archs.resolution))
+
+    def breakdown(self, archs: space.Arch) -> dict[str, np.ndarray]:
+        """The table's latency per part, like ``checkpoint.Predictor.breakdown`` (float64 ms).
+
+        ``fixed_ms`` [N] (stem, head and final layers), ``blocks_ms`` [N, 20]
+        (0 for blocks the depth leaves out) and ``residual_ms`` [N] (zeros:
+        a table is a plain sum); they add up to :meth:`predict_np`.
+
+        Raises:
+          KeyError: if some resolution is not covered.
+        """
+        fixed, blocks = self._terms_np(archs)
+        return {'fixed_ms': fixed, 'blocks_ms': blocks, 'residual_ms': np.zeros_like(fixed)}
+
+    def _terms_np(self, archs: space.Arch) -> tuple[np.ndarray, np.ndarray]:
+        """(fixed float64[N], per-block float64[N, 20], 0 where inactive) of flattened archs."""
         a = space.to_numpy(archs)
         r = np.atleast_1d(a.resolution)
         ok = np.isin(r, space.RESOLUTIONS)
@@ -329,8 +347,7 @@ class LookupTable:
         active = (np.arange(space.MAX_DEPTH) < depth[:, :, None]).reshape(-1, space.NUM_BLOCKS)
         pos = np.arange(space.NUM_BLOCKS)
         per_block = self.block_ms[ri[:, None], pos, self._k_lut[kernel], self._e_lut[expand]]
-        out = self.fixed_ms[ri] + np.where(active, per_block, 0.0).sum(-1)
-        return out.reshape(np.shape(a.resolution))
+        return self.fixed_ms[ri], np.where(active, per_block, 0.0)
 
     # -- dense jittable path -----------------------------------------------
 

@@ -72,6 +72,26 @@ class TableTest(parameterized.TestCase):
         np.testing.assert_allclose(table.predict_np(archs), host, rtol=1e-12)
         np.testing.assert_allclose(np.asarray(jax.jit(table.predict)(archs)), host, rtol=1e-5)
 
+    def test_breakdown_is_the_entries_per_block(self):
+        table = _synthetic(resolutions=(128, 160))
+        archs = space.sample_np(np.random.default_rng(2), 16, resolutions=(128, 160))
+        parts = table.breakdown(archs)
+        np.testing.assert_allclose(parts['fixed_ms'] + parts['blocks_ms'].sum(-1),
+                                   table.predict_np(archs),
+                                   rtol=1e-12)
+        np.testing.assert_array_equal(parts['residual_ms'], 0.0)
+        a = space.unstack(archs)[3]
+        r = int(a.resolution)
+        entries = table.entries(r)
+        active = np.asarray(space.active_blocks(a.depth))
+        for p in range(space.NUM_BLOCKS):
+            block = lut.position_block(table.net, r, p, int(a.kernel[p]), int(a.expand[p]))
+            want = entries[lut.block_key(block)].mean if active[p] else 0.0
+            self.assertAlmostEqual(parts['blocks_ms'][3, p], want, places=12)
+        self.assertAlmostEqual(parts['fixed_ms'][3],
+                               sum(entries[k].mean for k in lut.fixed_keys(table.net, r)),
+                               places=12)
+
     def test_sum_is_sum_of_entries(self):
         table = _synthetic(resolutions=(128,))
         arch = space.smallest(128)

@@ -222,6 +222,56 @@ class FitExperimentTest(absltest.TestCase):
         rows[keys[3]] = dataclasses.replace(rows[keys[3]], cost={})
         self.assertIsNone(estimate(rows, keys, lat, tr, te))
 
+    def test_main_job_breakdown_adds_up_per_estimator(self):
+        from ofa_jax import report
+        from predictors import features
+        from predictors import fit
+        from predictors import lut as lut_lib
+        from predictors import train as train_lib
+        folder = self.create_tempdir().full_path
+        archs = space.sample_np(np.random.default_rng(0), 80, resolutions=(128, 160))
+        table = lut_lib.LookupTable(
+            {
+                r: {
+                    k: lut_lib.LutEntry(count=1, mean=0.01 * (i + 1), std=0.0)
+                    for i, k in enumerate(lut_lib.all_keys(r))
+                } for r in (128, 160)
+            },
+            width=1.2)
+        lut_lib.save_lut(os.path.join(folder, 'lut'), table)
+        lat = table.predict_np(archs)
+        cfg = train_lib.default_config()
+        cfg.update(dict(max_steps=20, eval_every=10, patience=2, batch_size=32))
+        paths = {'lut': os.path.join(folder, 'lut')}
+        fspec = features.fit_feature_spec(archs[:60])
+        for model in ('additive', 'mlp'):
+            pred, _ = fit.fit_predictor(model, archs[:60], lat[:60], fspec=fspec, config=cfg)
+            paths[model] = os.path.join(folder, model)
+            checkpoint.save(pred, paths[model])
+        test = archs[60:]
+        out = pipeline.latency_breakdown(paths, test, lat[60:], 1.2)
+        self.assertEqual(list(out['mean_ms']), ['lut', 'additive'])  # the MLP has no parts
+        self.assertLen(out['mean_ms']['lut'], len(pipeline.BREAKDOWN_PARTS))
+        self.assertAlmostEqual(sum(out['mean_ms']['lut']), lat[60:].mean(), places=9)
+        self.assertEqual(out['mean_ms']['lut'][-1], 0.0)  # a table has no residual
+        additive = np.asarray(checkpoint.load(paths['additive'])(test))
+        self.assertAlmostEqual(sum(out['mean_ms']['additive']), additive.mean(), places=4)
+        self.assertAlmostEqual(out['measured_mean_ms'], lat[60:].mean())
+        lines = report._breakdown_lines({  # pylint: disable=protected-access
+            'breakdown': out,
+            'estimators': {
+                'lut': {
+                    'label': 'LUT'
+                },
+                'additive': {
+                    'label': 'ours'
+                }
+            }
+        })
+        self.assertIn('| part | LUT | ours |', lines)
+        self.assertIn(f'**{sum(out["mean_ms"]["lut"]):.3f}**', '\n'.join(lines))
+        self.assertEqual(report._breakdown_lines({}), [])  # pylint: disable=protected-access
+
     def test_bad_model(self):
         cfg = fit_config.get_config()
         cfg.data = 'x.csv'
