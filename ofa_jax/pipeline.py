@@ -446,7 +446,7 @@ def latency_breakdown(paths: dict[str, str], archs: space.Arch, latency_ms: np.n
 
     Args:
       paths: estimator -> LUT folder (``'lut'``) or predictor checkpoint
-        (an additive one; others have no parts and are left out).
+        (one without per-block terms, see ``Predictor.breakdown``, is left out).
       archs, latency_ms: the held-out sub-networks and their measurements.
       width: the supernet width of the LUT.
 
@@ -460,10 +460,10 @@ def latency_breakdown(paths: dict[str, str], archs: space.Arch, latency_ms: np.n
         if name == 'lut':
             parts = lut_lib.load_lut(path, width=width).breakdown(archs)
         else:
-            predictor = checkpoint.load(path)
-            if predictor.model_name != 'additive':
+            try:
+                parts = checkpoint.load(path).breakdown(archs)
+            except ValueError:  # Not additive, or a target that does not split in ms.
                 continue
-            parts = predictor.breakdown(archs)
         stages = np.asarray(parts['blocks_ms']).reshape(-1, space.NUM_STAGES,
                                                         space.MAX_DEPTH).sum(-1)
         per = np.concatenate([
