@@ -56,9 +56,17 @@ def setup(width, size):
         subnet.init_variables(model, (2, size, size, 3), seed=int(width * 10),
                               arch=space.largest()), 1)
 
+    traces = []
+
+    # One trace per (width, size): every arch must reuse it. (chex's
+    # assert_max_traces keys its counter on the call stack's frame names, which
+    # two parameterizations of one test share when they land on one worker.)
     @jit
-    @chex.assert_max_traces(n=1)
     def compiled(variables, x, arch):
+        traces.append(arch)  # Runs only while tracing.
+        if len(traces) > 1:
+            raise AssertionError(f'supernet width {width} at {size}px traced {len(traces)} '
+                                 'times; one compile must serve every arch')
         return model.apply(variables, x, arch)
 
     def infer(variables, x, arch):
