@@ -142,12 +142,15 @@ class Predictor:
                              "ms; allowed: 'scale', 'standardize'")
         params = self.params if self.ensemble else jax.tree_util.tree_map(
             lambda v: v[None], self.params)
+        # The members' mean of the raw terms (identity decode), then the linear scale.
         parts = np.asarray(
-            _parts(params,
+            _score(params,
                    jnp.asarray(self.context),
                    _as_jnp(archs),
                    model=self._model.clone(return_parts=True),
-                   fspec=self.fspec)) * self.norm.std
+                   fspec=self.fspec,
+                   norm=_IDENTITY,
+                   reduce=True)) * self.norm.std
         shift = self.offset_ms + (self.norm.mean if self.norm.kind == 'standardize' else 0.0)
         return {
             'fixed_ms': parts[..., 0] + shift,
@@ -204,17 +207,15 @@ def _score_one(params, context, archs, *, model, fspec, norm):
     return jax.lax.map(score, padded).reshape(-1)[:n]
 
 
+# Decodes the model's output as it is (``Predictor.breakdown`` scales the terms itself).
+_IDENTITY = train_lib.TargetNorm('scale', 0.0, 1.0)
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'fspec', 'norm', 'reduce'))
 def _score(params, context, archs, *, model, fspec, norm, reduce):
     x = _inputs(archs, context, fspec)
     per = jax.vmap(lambda p: norm.decode(model.apply(p, x)))(params)
     return jnp.mean(per, axis=0) if reduce else per
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'fspec'))
-def _parts(params, context, archs, *, model, fspec):
-    x = _inputs(archs, context, fspec)
-    return jnp.mean(jax.vmap(lambda p: model.apply(p, x))(params), axis=0)
 
 
 def _as_jnp(archs: space.Arch) -> space.Arch:

@@ -79,9 +79,10 @@ class AdditiveModel(nn.Module):
         idx = inputs['slot'][..., None] * (n_pos *
                                            (n_c + 1)) + jnp.arange(n_pos) * (n_c + 1) + per_pos
         blocks = eff.reshape(-1)[idx]
-        total = jnp.sum(blocks, axis=-1) + fixed_eff[inputs['slot']]
+        fixed_term = fixed_eff[inputs['slot']]
+        total = jnp.sum(blocks, axis=-1) + fixed_term
         if not self.residual_hidden:
-            return self._parts(fixed_eff[inputs['slot']], blocks,
+            return self._parts(fixed_term, blocks,
                                jnp.zeros_like(total)) if self.return_parts else total
         parts = [inputs['depth'], inputs['res'][..., None], total[..., None]]
         if self.residual_onehot:
@@ -90,7 +91,7 @@ class AdditiveModel(nn.Module):
         x = nn.tanh(nn.Dense(self.residual_hidden, name='res_in')(x))
         res = nn.Dense(1, kernel_init=nn.initializers.zeros, name='res_out')(x)[..., 0]
         if self.return_parts:
-            return self._parts(fixed_eff[inputs['slot']], blocks, res)
+            return self._parts(fixed_term, blocks, res)
         return total + res
 
     @staticmethod
