@@ -1,8 +1,8 @@
 """LUT baseline vs whole-network measurements on this host's device.
 
-Builds a per-layer lookup table on this device (``ofa_jax.latency.lut_builder``,
+Builds a per-layer lookup table on this device (``predictors.lut_builder``,
 OFA's method), measures the same device's whole sub-networks for random
-archs (``ofa_jax.latency.campaign``), and prints how well the LUT sum predicts
+archs (``experiments.jobs.measure_latency``), and prints how well the LUT sum predicts
 them (RMSE, MAPE, Kendall tau), per resolution and overall. Both steps resume
 from ``--workdir`` if interrupted.
 
@@ -27,10 +27,12 @@ from experiments.configs import build_lut as build_lut_config
 from experiments.configs import measure_latency as measure_config
 from ofa_jax import csvio
 from ofa_jax import space
-from ofa_jax.latency import campaign
-from ofa_jax.latency import lut_builder
+from experiments import config_fields as cf
+from experiments.jobs import build_lut as lut_job
+from experiments.jobs import measure_latency as campaign
 from ofa_jax.latency import store as store_lib
 from predictors import lut
+from predictors import metrics
 
 _NUM = flags.DEFINE_integer('num_archs', 50, 'Random archs measured whole.')
 _RES = flags.DEFINE_string('resolutions', '128,160', 'Resolutions (LUT and archs).')
@@ -45,13 +47,7 @@ _AFFINITY = flags.DEFINE_string('cpu_affinity', '', "'' / 'N' / '0,1': cores to 
 
 
 def _kendall(a: np.ndarray, b: np.ndarray) -> float:
-    try:
-        from predictors import metrics  # pylint: disable=g-import-not-at-top
-        return float(metrics.kendall_tau(a, b))
-    except ImportError:
-        i, j = np.triu_indices(len(a), 1)
-        s = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
-        return float(s.mean())
+    return float(metrics.kendall_tau(a, b))
 
 
 def _metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -70,12 +66,12 @@ def _metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 def main(argv):
     del argv
     os.makedirs(_WORKDIR.value, exist_ok=True)
-    campaign.set_affinity(_AFFINITY.value)
+    cf.set_affinity(_AFFINITY.value)
 
     mc = measure_config.get_config()
     mc.num_archs = _NUM.value
-    mc.resolutions = _RES.value
-    mc.batch_sizes = str(_BATCH.value)
+    mc.resolutions = cf.resolutions(_RES.value)
+    mc.batch_sizes = (_BATCH.value,)
     mc.seed = _SEED.value
     mc.store = os.path.join(_WORKDIR.value, 'latency.sqlite')
     mc.protocol.repeats = _REPEATS.value
@@ -84,10 +80,10 @@ def main(argv):
     fid = summary['fingerprint_id']
 
     lc = build_lut_config.get_config()
-    lc.resolutions = _RES.value
+    lc.resolutions = cf.resolutions(_RES.value)
     lc.batch = _BATCH.value
     lc.protocol.repeats = _REPEATS.value
-    lut_summary = lut_builder.run(lc, os.path.join(_WORKDIR.value, 'lut_build'))
+    lut_summary = lut_job.run(lc, os.path.join(_WORKDIR.value, 'lut_build'))
     table = lut.load_lut(os.path.join(_WORKDIR.value, 'lut_build', 'lut'))
 
     with store_lib.LatencyStore(mc.store) as store:

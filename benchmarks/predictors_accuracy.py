@@ -2,29 +2,26 @@
 
 RTX 2080 Ti (PyTorch, batch 64, measured) and Note10 (sum of OFA's Note10
 LUT) from ../shared/data/external/ofanas_ofa_w1.0. For each estimator runs
-``predictors.experiment_fit.run`` (the same code as
+``experiments.jobs.fit_predictor.run`` (the same code as
 ``python -m experiments.fit_predictor``) and prints the test-row metrics next
 to the paper's. The paper's "RMSE" was computed as the mean of per-sample
 roots, i.e. the MAE, so it is compared with our MAE as well as our true RMSE.
 Writes ``benchmarks/results/predictors_accuracy.{json,md}``.
 
-    python benchmarks/predictors_accuracy.py [--models=mlp,additive] [--note10_mlp]
+    python -m benchmarks.predictors_accuracy [--models=mlp,additive] [--note10_mlp]
 
 Skips cleanly when the data folder is absent.
 """
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.configs import fit_predictor as fit_config  # noqa: E402
-from ofa_jax import external_data  # noqa: E402
-from predictors import experiment_fit  # noqa: E402
+from experiments.configs import fit_predictor as fit_config
+from ofa_jax import external_data
+from experiments.jobs import fit_predictor as experiment_fit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXTERNAL = external_data.root()

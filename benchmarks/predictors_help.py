@@ -1,7 +1,7 @@
 """HELP GPUs, leave one GPU out: train on the other two, adapt with k shots.
 
 For each batch size (1, 32, 64) and each held-out GPU (2080 Ti, Titan RTX,
-Titan Xp) runs ``predictors.experiment_transfer`` (sources: the other two GPUs
+Titan Xp) runs ``experiments.jobs.transfer`` (sources: the other two GPUs
 at that batch size; shots from the target's first 80% of rows; evaluation on
 its last 20%) and prints MAPE and acc10 per strategy and k, averaged over the
 three held-out GPUs, next to the issue's targets. Beside the transfers it
@@ -10,14 +10,13 @@ evaluation rows, the sources recalibrated on all 4,000 adaptation rows, and
 the evaluation rows measured in slow spells. Writes
 ``benchmarks/results/predictors_help.{json,md}``.
 
-    python benchmarks/predictors_help.py [--seeds=3] [--max_steps=4000] [--batches=1,32,64]
+    python -m benchmarks.predictors_help [--seeds=3] [--max_steps=4000] [--batches=1,32,64]
 
 Skips cleanly when ../shared/data/external is absent.
 """
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -25,15 +24,13 @@ import numpy as np
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.configs import transfer as transfer_config  # noqa: E402
-from ofa_jax import csvio  # noqa: E402
-from ofa_jax import external_data  # noqa: E402
-from predictors import drift  # noqa: E402
-from predictors import experiment_fit  # noqa: E402
-from predictors import experiment_transfer  # noqa: E402
-from predictors import metrics  # noqa: E402
+from experiments.configs import transfer as transfer_config
+from ofa_jax import csvio
+from ofa_jax import external_data
+from predictors import drift
+from experiments.jobs import fit_predictor as experiment_fit
+from experiments.jobs import transfer as experiment_transfer
+from predictors import metrics
 
 DATA = external_data.path('help_ofa_w1.2')
 GPUS = {'2080ti': '2080ti', 'titan_rtx': 'titan_rtx', 'titan_xp': 'titan_xp'}
@@ -64,7 +61,7 @@ def own_rows_metrics(path: str, cfg) -> dict:
     pred = experiment_transfer.fit_file_model(table,
                                               slice(0, a),
                                               slice(a, b),
-                                              config=experiment_fit.train_config(cfg),
+                                              config=experiment_fit.train_params(cfg),
                                               width=1.2)
     return metrics.all_metrics(np.asarray(pred(table.archs[b:])), table.latency_ms[b:])
 
@@ -111,7 +108,7 @@ def _file_model(path: str, cfg, rows: str):
         else:
             train, val = slice(0, n), slice(int(0.8 * n), n)
         _FILE_MODELS[key] = experiment_transfer.fit_file_model(
-            table, train, val, config=experiment_fit.train_config(cfg), width=1.2)
+            table, train, val, config=experiment_fit.train_params(cfg), width=1.2)
     return _FILE_MODELS[key]
 
 
@@ -177,14 +174,14 @@ def main(argv):
                     results[key]['data_floor'] = data_floor(files, target, cfg)
                 continue
             cfg = transfer_config.get_config()
-            cfg.sources = ','.join(files[g] for g in sources)
+            cfg.sources = tuple(files[g] for g in sources)
             cfg.target = files[target]
-            cfg.devices = ','.join(f'{g}_batch{batch}.csv:{GPUS[g]}' for g in GPUS)
+            cfg.devices = tuple(f'{g}_batch{batch}.csv:{GPUS[g]}' for g in GPUS)
             cfg.reference_index = os.path.join(data, 'reference_arch_index.json')
-            cfg.shots = FLAGS.shots
+            cfg.shots = (FLAGS.shots,)
             cfg.seeds = FLAGS.seeds
             cfg.max_steps = FLAGS.max_steps
-            cfg.strategies = FLAGS.strategies
+            cfg.strategies = (FLAGS.strategies,)
             t0 = time.perf_counter()
             work = os.path.join('/tmp', f'help_bench_b{batch}_{target}')
             out = experiment_transfer.run(cfg, work)
@@ -287,7 +284,7 @@ def main(argv):
             json.dump(results, f, indent=1)
     with open(os.path.join(FLAGS.out, 'predictors_help.md'), 'w') as f:
         f.write('HELP leave-one-GPU-out (mean over the 3 held-out GPUs; MAPE % / acc10)\n\n')
-        f.write(f'Command: python benchmarks/predictors_help.py --seeds={FLAGS.seeds} '
+        f.write(f'Command: python -m benchmarks.predictors_help --seeds={FLAGS.seeds} '
                 f'--max_steps={FLAGS.max_steps}\n\n{table}\n')
 
 

@@ -7,7 +7,7 @@ timed calls with ``block_until_ready``, next to the issue's targets (MLP
 (all nonzero): speed does not depend on their values. Writes
 ``benchmarks/results/predictors_speed.json``.
 
-    python benchmarks/predictors_speed.py [--n=100000] [--repeats=7]
+    python -m benchmarks.predictors_speed [--n=100000] [--repeats=7]
 
 Each model is timed on two paths, interleaved: ``predictor(archs)`` (jit,
 weights passed as arguments, one program shared by predictors that differ
@@ -26,7 +26,6 @@ machine's matmul rate at that moment.
 
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -34,15 +33,13 @@ from absl import flags
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import reference  # noqa: E402
-from ofa_jax import space  # noqa: E402
-from predictors import checkpoint  # noqa: E402
-from predictors import features  # noqa: E402
-from predictors import fit  # noqa: E402
-from predictors import models  # noqa: E402
-from predictors import train as train_lib  # noqa: E402
+from benchmarks import reference
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import features
+from predictors import fit
+from predictors import models
+from predictors import train as train_lib
 
 flags.DEFINE_integer('n', 100_000, 'Archs per call.')
 flags.DEFINE_integer('repeats', 7, 'Timed calls.')

@@ -29,6 +29,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from experiments import pareto_plot
 from ofa_jax import external_data
 from ofa_jax import space
 from ofa_jax import search
@@ -144,12 +145,12 @@ def main(argv):
     }
     with open(os.path.join(_OUT.value, 'search_parity_note10.json'), 'w') as f:
         json.dump(out, f, indent=1)
-    search.plot_pareto(os.path.join(_OUT.value, 'search_parity_note10.png'),
-                       res,
-                       objective_name='predicted top-1 (OFA acc predictor)',
-                       latency_name='Note10 LUT latency (ms)',
-                       reference=OFA_REFERENCE,
-                       reference_name="OFA's EvolutionFinder (same inputs)")
+    pareto_plot.plot_pareto(os.path.join(_OUT.value, 'search_parity_note10.png'),
+                            res,
+                            objective_name='predicted top-1 (OFA acc predictor)',
+                            latency_name='Note10 LUT latency (ms)',
+                            reference=OFA_REFERENCE,
+                            reference_name="OFA's EvolutionFinder (same inputs)")
     return 0 if all_ok else 1
 
 

@@ -124,8 +124,7 @@ def _trained_predictors(resolutions):
     archs = space.to_numpy(space.sample(jax.random.key(3), (3500,), resolutions=resolutions))
     ms = table.predict_np(archs)
     take = lambda lo, hi: jax.tree_util.tree_map(lambda v: v[lo:hi], archs)
-    cfg = train_lib.default_config()
-    cfg.max_steps = 4000
+    cfg = train_lib.TrainParams(max_steps=4000)
     lat, _ = fit_lib.fit_predictor('mlp',
                                    take(0, 3000),
                                    ms[:3000],

@@ -1,40 +1,17 @@
 """Builds an OFA-format latency lookup table on this host's device.
 
-See ``experiments/configs/build_lut.py``. Bad configs exit with status 2 and a
-one-line message.
+    python -m experiments.build_lut --workdir=DIR [--config.resolutions=128,160 ...]
+
+See ``experiments/configs/build_lut.py`` and :mod:`experiments.jobs.build_lut`.
+Prints one JSON line (the build summary). Bad input: one line and exit status 2.
 """
 
-import json
-import sys
-
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-from ofa_jax.latency import campaign
-from ofa_jax.latency import lut_builder
-
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (lut/*.yaml).')
-_CONFIG = config_flags.DEFINE_config_file('config',
-                                          None,
-                                          'LUT build config file.',
-                                          lock_config=True)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    if not _WORKDIR.value:
-        sys.stderr.write('error: --workdir is required (output folder)\n')
-        sys.exit(2)
-    try:
-        summary = lut_builder.run(_CONFIG.value, _WORKDIR.value)
-    except campaign.ConfigError as err:
-        sys.stderr.write(f'error: {err}\n')
-        sys.exit(2)
-    summary.pop('fingerprint', None)
-    print(json.dumps(summary, default=str))
-
+from experiments import cli
+from experiments.jobs import build_lut
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.launch('build_lut',
+               build_lut.run,
+               show=lambda summary: cli.print_json(summary, drop=('fingerprint',)),
+               interrupted='every timed layer is in the layer cache; run the same command '
+               'again to resume')

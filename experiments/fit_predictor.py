@@ -1,32 +1,23 @@
 """Fits one latency predictor (or evaluates a LUT) on one device's data.
 
-    python -m experiments.fit_predictor --config=experiments/configs/fit_predictor.py \
-      --config.data=FILE.csv --config.model=mlp|additive|additive_mlp|lut|xla_cost --workdir=DIR
+    python -m experiments.fit_predictor --config.data=FILE.csv \
+      --config.model=mlp|additive|additive_mlp|lut|xla_cost --workdir=DIR
+
+See ``experiments/configs/fit_predictor.py`` and
+:mod:`experiments.jobs.fit_predictor`. Prints the test metrics on one line.
+Bad input: one line and exit status 2.
 """
 
-import sys
-
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-from predictors import experiment_fit
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Output folder.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from experiments import cli
+from experiments.jobs import fit_predictor
 
 
-def main(argv):
-    del argv
-    try:
-        out = experiment_fit.run(FLAGS.config, FLAGS.workdir)
-    except experiment_fit.ConfigError as err:
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+def _show(out):
     print(' '.join(f'{k}={v:.4g}' for k, v in out.items() if isinstance(v, float)))
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.launch('fit_predictor',
+               fit_predictor.run,
+               show=_show,
+               interrupted='nothing was saved; run the same command again')

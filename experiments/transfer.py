@@ -1,32 +1,18 @@
 """Adapts latency predictors trained on source devices to a target device with k shots.
 
-    python -m experiments.transfer --config=experiments/configs/transfer.py \
-      --config.sources=A.csv,B.csv --config.target=C.csv --config.shots=0,10,20,50,100 \
-      --config.seeds=5 --config.devices=A.csv:2080ti,B.csv:titan_rtx,C.csv:titan_xp \
-      --workdir=DIR
+    python -m experiments.transfer --config.sources=A.csv,B.csv --config.target=C.csv \
+      --config.shots=0,10,20,50,100 --config.seeds=5 \
+      --config.devices=A.csv:2080ti,B.csv:titan_rtx,C.csv:titan_xp --workdir=DIR
+
+See ``experiments/configs/transfer.py`` and :mod:`experiments.jobs.transfer`.
+Bad input: one line and exit status 2.
 """
 
-import sys
-
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-from predictors import experiment_transfer
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Output folder.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from experiments import cli
+from experiments.jobs import transfer
 
 
-def main(argv):
-    del argv
-    try:
-        out = experiment_transfer.run(FLAGS.config, FLAGS.workdir)
-    except experiment_transfer.ConfigError as err:
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+def _show(out):
     for strat, by_k in out['metrics'].items():
         print(
             strat, ' '.join(
@@ -38,4 +24,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.launch('transfer',
+               transfer.run,
+               show=_show,
+               interrupted='nothing was saved; run the same command again')

@@ -14,9 +14,14 @@ tables:
   OFA's own extracted sub-network, to the MAC
   (``python -m benchmarks.ofa_torch_parity``).
 
-Everything is computed with array arithmetic over the 20 block positions, so
-one call counts one arch or a batch of any shape with no Python loop over
-architectures (numpy in, numpy out; jax arrays work too, under jit).
+The per-layer and per-block formulas (:func:`conv_macs`, :func:`block_macs`,
+:func:`block_params`, :func:`fixed_macs`, :func:`fixed_params`) are the one
+definition of these counts: they take a :class:`~ofa_jax.spec.BlockSpec` or
+the arrays of a :class:`~ofa_jax.spec.BlockArrays`, so the whole-network
+counters here and the predictors' per-block feature tables share them.
+Whole networks are counted with array arithmetic over the 20 block
+positions, so one call counts one arch or a batch of any shape with no Python
+loop over architectures (numpy in, numpy out; jax arrays work too, under jit).
 
 XLA's ``cost_analysis()['flops']`` of the compiled static sub-network counts
 differently: a MAC is 2 flops, and it also counts BatchNorm (folded or not),
@@ -26,6 +31,7 @@ are a few percent above ``2 * macs`` (tested in ``tests/test_counts.py``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -33,32 +39,153 @@ import numpy as np
 from ofa_jax import space
 from ofa_jax import spec
 
-
-def _xp(*arrays: Any):
-    """numpy unless any input is a jax array (then jax.numpy, jit friendly)."""
-    for a in arrays:
-        if type(a).__module__.startswith('jax'):
-            import jax.numpy as jnp
-            return jnp
-    return np
+# ---------------------------------------------------------------------------
+# Per layer and per block (ints or broadcastable np/jnp arrays).
 
 
+def conv_macs(out_size: Any,
+              in_channels: Any,
+              out_channels: Any,
+              kernel: Any = 1,
+              *,
+              depthwise: bool = False) -> Any:
+    """MACs of a square conv: ``out_size^2 * out_channels * in_channels / groups * k^2``."""
+    per_output = kernel * kernel if depthwise else in_channels * kernel * kernel
+    return out_size * out_size * out_channels * per_output
+
+
+def conv_params(in_channels: Any,
+                out_channels: Any,
+                kernel: Any = 1,
+                *,
+                depthwise: bool = False,
+                bias: bool = False,
+                bn: bool = False) -> Any:
+    """Parameters of a conv: weights, plus a bias and BatchNorm scale and shift if asked."""
+    weights = out_channels * kernel * kernel * (1 if depthwise else in_channels)
+    return weights + (out_channels if bias else 0) + (2 * out_channels if bn else 0)
+
+
+def block_macs(block: spec.BlockSpec | spec.BlockArrays) -> Any:
+    """MACs of MBConv block(s): expand 1x1, depthwise kxk, SE on the pooled 1x1, projection.
+
+    The expand conv runs at the input size and only if ``expand != 1`` (OFA
+    drops it for the fixed first block); the depthwise conv applies the stride.
+
+    Args:
+      block: one :class:`~ofa_jax.spec.BlockSpec` (ints in, int out) or a
+        :class:`~ofa_jax.spec.BlockArrays` (arrays in, array out; the fields
+        used are the sizes, channels, ``kernel``, ``expand`` and
+        ``se_channels``).
+    """
+    mid, sec = block.mid_channels, block.se_channels
+    return ((block.expand != 1) * conv_macs(block.in_size, block.in_channels, mid) +
+            conv_macs(block.out_size, mid, mid, block.kernel, depthwise=True) +
+            conv_macs(1, mid, sec) + conv_macs(1, sec, mid) +
+            conv_macs(block.out_size, mid, block.out_channels))
+
+
+def block_params(block: spec.BlockSpec | spec.BlockArrays, *, weights_only: bool = False) -> Any:
+    """Parameters of MBConv block(s), BatchNorm and SE biases included unless ``weights_only``.
+
+    Args:
+      block: as for :func:`block_macs` (feature sizes unused).
+      weights_only: count conv weights only (no BatchNorm scale/shift, no SE
+        conv biases), as the predictors' features do.
+    """
+    mid, sec, se = block.mid_channels, block.se_channels, block.se
+    bn = not weights_only
+    bias = 0 if weights_only else sec + se * mid  # the SE convs' biases
+    return ((block.expand != 1) * conv_params(block.in_channels, mid, bn=bn) +
+            conv_params(mid, mid, block.kernel, depthwise=True, bn=bn) + conv_params(mid, sec) +
+            conv_params(sec, mid) + bias + conv_params(mid, block.out_channels, bn=bn))
+
+
+def fixed_macs(net: spec.NetSpec, resolution: Any) -> Any:
+    """MACs every sub-network at ``resolution`` has: stem, fixed block, final layers.
+
+    ``resolution`` may be an int or an integer np/jnp array (any positive size).
+    """
+    first = spec.first_block(net, resolution)
+    f = spec.final_size(resolution)
+    last, final, feat = net.stage_channels[-1], net.final_channels, net.feature_channels
+    return (conv_macs(first.in_size, 3, net.first_channels, 3)  # stem 3x3 stride 2
+            + block_macs(first) + conv_macs(f, last, final)  # final 1x1 expand
+            + conv_macs(1, final, feat)  # feature mix on the pooled 1x1
+            + conv_macs(1, feat, net.num_classes))  # classifier (a linear layer)
+
+
+def fixed_params(net: spec.NetSpec, *, weights_only: bool = False) -> int:
+    """Parameters of the stem, fixed block and final layers (see :func:`block_params`)."""
+    bn = not weights_only
+    last, final, feat = net.stage_channels[-1], net.final_channels, net.feature_channels
+    first = spec.first_block(net, space.RESOLUTIONS[-1])  # its sizes do not matter here
+    return (conv_params(3, net.first_channels, 3, bn=bn)  # stem
+            + block_params(first, weights_only=weights_only) + conv_params(last, final, bn=bn) +
+            conv_params(final, feat)  # feature mix: no bias, no BN
+            + conv_params(feat, net.num_classes, bias=not weights_only))  # classifier
+
+
+# ---------------------------------------------------------------------------
+# Whole sub-networks (batched).
+
+
+@functools.lru_cache(maxsize=None)
 def _tables(net: spec.NetSpec) -> dict[str, np.ndarray]:
-    t = spec.position_tables(net)
-    t['se_channels'] = np.vectorize(net.se_channels)(t['mid_channels']).astype(np.int64)
-    return {k: np.asarray(v, np.int64) for k, v in t.items()}
+    """``spec.position_tables`` as read-only int64 arrays."""
+    out = {}
+    for k, v in spec.position_tables(net).items():
+        out[k] = np.asarray(v, np.int64)
+        out[k].setflags(write=False)
+    return out
 
 
-def _expand_index(xp, expand):
-    e = xp.asarray(expand)
-    return xp.where(e == 3, 0, xp.where(e == 4, 1, 2))
+def _select(xp, table: np.ndarray, index: Any) -> Any:
+    """``table[position, index]`` for every block; shape of ``index``.
 
-
-def _gather_mid(xp, table, expand):
-    """table[position, expand_index] for every block; shape of ``expand``."""
-    idx = _expand_index(xp, expand)
-    onehot = idx[..., None] == xp.arange(3)
+    A one-hot sum rather than a gather: it fuses with the arithmetic around it.
+    """
+    onehot = index[..., None] == xp.arange(table.shape[-1])
     return xp.sum(xp.where(onehot, xp.asarray(table), 0), axis=-1)
+
+
+def _arch_blocks(net: spec.NetSpec, arch: space.Arch, xp, resolution: Any = None):
+    """(BlockArrays of the 20 positions of ``arch`` [..., 20], active mask [..., 20])."""
+    t = _tables(net)
+    e_index = space.expand_index(xp.asarray(arch.expand))
+    depth = xp.asarray(arch.depth)
+    active = space.active_blocks(depth) if xp is not np else space.active_blocks_np(depth)
+    in_size = out_size = None
+    if resolution is not None:
+        in_size, out_size = spec.position_sizes(resolution)
+    blocks = spec.BlockArrays(position=np.arange(space.NUM_BLOCKS),
+                              in_channels=t['in_channels'],
+                              out_channels=t['out_channels'],
+                              mid_channels=_select(xp, t['mid_channels'], e_index),
+                              kernel=xp.asarray(arch.kernel),
+                              expand=xp.asarray(arch.expand),
+                              stride=t['stride'],
+                              hswish=t['hswish'],
+                              se=t['se'],
+                              se_channels=_select(xp, t['se_channels'], e_index),
+                              in_size=in_size,
+                              out_size=out_size)
+    return blocks, active
+
+
+def _validate_host(arch: space.Arch, resolution: Any = None) -> None:
+    """``space.validate`` on host inputs; nothing for traced ones (inside jit/vmap)."""
+    if space.is_traced(arch, resolution):
+        return
+    space.validate(arch)
+    if resolution is not None:
+        r = np.asarray(resolution)
+        if r.dtype == bool or r.dtype.kind not in 'iu':
+            raise ValueError(f'resolution: override {resolution!r} is not an integer; allowed: '
+                             'positive integers')
+        if np.any(r <= 0):
+            raise ValueError(f'resolution: override value {int(r[r <= 0].flat[0])} is not '
+                             'allowed; allowed: positive integers')
 
 
 def count_params(arch: space.Arch,
@@ -68,36 +195,25 @@ def count_params(arch: space.Arch,
     """Number of parameters of the static sub-network(s).
 
     Args:
-      arch: one Arch or a batch (numpy or jax arrays); resolution is ignored.
+      arch: one Arch or a batch (numpy or jax arrays); the resolution does not
+        change the count (it is still validated).
       width: 1.0 or 1.2.
       num_classes: classifier outputs.
 
     Returns:
       An int for one numpy arch, else an int64 array of the batch shape
       (a jax int array if the arch holds jax arrays).
+
+    Raises:
+      ValueError: naming the field, for an invalid host arch (traced archs,
+        inside jit or vmap, are not checked).
     """
+    _validate_host(arch)
     net = spec.net_spec(width, num_classes)
-    xp = _xp(arch.kernel, arch.expand, arch.depth)
-    t = _tables(net)
-    kernel = xp.asarray(arch.kernel)
-    active = space.active_blocks(xp.asarray(arch.depth)) if xp is not np else _active_np(arch.depth)
-    mid = _gather_mid(xp, t['mid_channels'], arch.expand)
-    se = _gather_mid(xp, t['se_channels'], arch.expand)
-    cin, cout, has_se = t['in_channels'], t['out_channels'], t['se']
-    block = (
-        cin * mid + 2 * mid  # inverted bottleneck conv + BN
-        + kernel * kernel * mid + 2 * mid  # depthwise + BN
-        + has_se * (mid * se + se + se * mid + mid)  # SE convs with bias
-        + mid * cout + 2 * cout)  # projection + BN
-    blocks = xp.sum(xp.where(active, block, 0), axis=-1)
-    c0 = net.first_channels
-    fixed = (
-        3 * 3 * 3 * c0 + 2 * c0  # first conv + BN
-        + 3 * 3 * c0 + 2 * c0 + c0 * c0 + 2 * c0  # first block (expand 1)
-        + net.stage_channels[-1] * net.final_channels + 2 * net.final_channels +
-        net.final_channels * net.feature_channels  # feature mix, no bias
-        + net.feature_channels * num_classes + num_classes)
-    return _finish(xp, blocks + fixed)
+    xp = space.array_module(arch.kernel, arch.expand, arch.depth)
+    blocks, active = _arch_blocks(net, arch, xp)
+    per_block = xp.sum(xp.where(active, block_params(blocks), 0), axis=-1)
+    return _finish(xp, per_block + fixed_params(net))
 
 
 def count_macs(arch: space.Arch,
@@ -116,61 +232,20 @@ def count_macs(arch: space.Arch,
 
     Returns:
       An int for one numpy arch, else an int64 array of the batch shape.
+
+    Raises:
+      ValueError: naming the field, for an invalid host arch or a
+        non-positive override (traced inputs, inside jit or vmap, are not
+        checked).
     """
+    _validate_host(arch, resolution)
     net = spec.net_spec(width, num_classes)
     r = arch.resolution if resolution is None else resolution
-    xp = _xp(arch.kernel, arch.expand, arch.depth, r)
-    t = _tables(net)
+    xp = space.array_module(arch.kernel, arch.expand, arch.depth, r)
     r = xp.asarray(r).astype(xp.int64) if xp is np else xp.asarray(r)
-    kernel = xp.asarray(arch.kernel)
-    depth = xp.asarray(arch.depth)
-    active = space.active_blocks(depth) if xp is not np else _active_np(depth)
-    mid = _gather_mid(xp, t['mid_channels'], arch.expand)
-    se = _gather_mid(xp, t['se_channels'], arch.expand)
-    cin, cout, has_se = t['in_channels'], t['out_channels'], t['se']
-
-    def down(size, s):
-        return (size - 1) // s + 1
-
-    # Feature-map size entering each position: stage input sizes, then the
-    # first block of a stage applies the stride (inactive blocks never run).
-    size0 = down(r, 2)
-    stage_in = []
-    s = size0
-    for st in spec.STAGE_STRIDES:
-        stage_in.append(s)
-        s = down(s, st)
-    final_size = s
-    stage_in = xp.stack(stage_in, axis=-1)  # [..., 5]
-    stage_out = xp.stack([down(stage_in[..., i], st) for i, st in enumerate(spec.STAGE_STRIDES)],
-                         axis=-1)
-    first_of_stage = (np.arange(space.NUM_BLOCKS) % space.MAX_DEPTH) == 0
-    in_size = xp.where(first_of_stage, xp.repeat(stage_in, space.MAX_DEPTH, axis=-1),
-                       xp.repeat(stage_out, space.MAX_DEPTH, axis=-1))
-    out_size = xp.repeat(stage_out, space.MAX_DEPTH, axis=-1)
-    in_hw = in_size * in_size
-    out_hw = out_size * out_size
-    block = (
-        in_hw * mid * cin  # inverted bottleneck at the input size
-        + out_hw * mid * kernel * kernel  # depthwise (applies the stride)
-        + has_se * 2 * se * mid  # SE reduce and expand convs on the pooled 1x1
-        + out_hw * cout * mid)  # projection
-    blocks = xp.sum(xp.where(active, block, 0), axis=-1)
-    c0 = net.first_channels
-    hw0 = size0 * size0
-    fixed = (
-        hw0 * c0 * 27  # first conv 3x3x3
-        + hw0 * c0 * 9 + hw0 * c0 * c0  # first block: depthwise 3x3 + projection
-        + final_size * final_size * net.final_channels * net.stage_channels[-1] +
-        net.feature_channels * net.final_channels  # feature mix on the pooled 1x1
-        + num_classes * net.feature_channels)
-    return _finish(xp, blocks + fixed)
-
-
-def _active_np(depth: Any) -> np.ndarray:
-    depth = np.asarray(depth)
-    mask = np.arange(space.MAX_DEPTH) < depth[..., :, None]
-    return mask.reshape(depth.shape[:-1] + (space.NUM_BLOCKS,))
+    blocks, active = _arch_blocks(net, arch, xp, r)
+    per_block = xp.sum(xp.where(active, block_macs(blocks), 0), axis=-1)
+    return _finish(xp, per_block + fixed_macs(net, r))
 
 
 def _finish(xp, value):

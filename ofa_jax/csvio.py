@@ -2,22 +2,38 @@
 
 The format is the one of the 2101.00732 authors' datasets: a header row with
 ``child_arch`` and ``latency`` first, then any extra columns; ``child_arch`` is
-an OFA dict literal and ``latency`` is in milliseconds. Bad rows fail with the
-file, the line number and the reason.
+an OFA dict literal and ``latency`` is in milliseconds. Nothing doubtful is
+accepted: a bad file fails with a ``ValueError`` ``'FILE:LINE: field: reason'``
+naming the file, the line (the header is line 1), the field, the bad value and
+what is allowed, for bytes that are not UTF-8 text, a wrong column count, an
+invalid arch (every gene is checked: kernel 3/5/7, expand 3/4/6, depth 2/3/4,
+resolution 128..224 step 4, 20/20/5 entries) and a latency that is not a
+finite number in [:data:`MIN_LATENCY_MS`, :data:`MAX_LATENCY_MS`].
+
+Repeated archs are kept (a table is what the file holds);
+:mod:`ofa_jax.dataset` counts, merges and splits them.
 """
 
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import dataclasses
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ofa_jax import space
+
+# Latencies outside [MIN_LATENCY_MS, MAX_LATENCY_MS] are refused: below 1 ns or
+# above ~3 hours per batch is a unit mix-up or a corrupt value, not a timing.
+MIN_LATENCY_MS = 1e-6
+MAX_LATENCY_MS = 1e7
+# Longest line accepted (a child_arch is ~200 characters).
+MAX_LINE_BYTES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -54,49 +70,50 @@ def read_ofa_csv(path: str | os.PathLike, *, max_rows: int | None = None) -> Lat
     """Reads an OFA-style latency CSV.
 
     Args:
-      path: the CSV file.
-      max_rows: read at most this many data rows.
+      path: the CSV file (UTF-8, an optional byte order mark is skipped).
+      max_rows: read at most this many data rows (>= 1).
 
     Returns:
-      A :class:`LatencyTable`.
+      A :class:`LatencyTable` with every row of the file, repeated archs
+      included; ``len(table)`` is the number of usable rows (at least 1).
+      Whether that is enough, and what to do with repeats
+      (:func:`ofa_jax.dataset.dedupe`), is the caller's call.
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: a bad header or row, as ``'FILE:LINE: reason'``.
+      ValueError: bad bytes, header or row, as ``'FILE:LINE: field: reason'``.
     """
     path = os.fspath(path)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or
+                                 max_rows < 1):
+        raise ValueError(f'{path}: max_rows={max_rows!r}; allowed: None or an integer >= 1')
     kernels, expands, depths, resolutions, latencies = [], [], [], [], []
-    with open(path, newline='') as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ValueError(
-                f'{path}:1: empty file; expected a header "child_arch,latency"') from None
+    with open(path, 'rb') as f:
+        rows = _csv_rows(f, path)
+        _, header = next(rows, (1, None))
+        if header is None:
+            raise ValueError(f'{path}:1: empty file; expected a header "child_arch,latency"')
         if len(header) < 2 or header[0].strip() != 'child_arch' or header[1].strip() != 'latency':
-            raise ValueError(
-                f'{path}:1: header {header[:2]!r} must start with "child_arch,latency"')
+            raise ValueError(f'{path}:1: header {header[:2]!r:.200} must start with '
+                             '"child_arch,latency"')
         extra_names = [h.strip() for h in header[2:]]
+        for i, name in enumerate(extra_names):
+            if name in extra_names[:i] or name in ('child_arch', 'latency'):
+                raise ValueError(f'{path}:1: column {name!r:.80} appears twice in the header')
         extra = {name: [] for name in extra_names}
-        for row in reader:
-            line = reader.line_num
+        for line, row in rows:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                raise ValueError(f'{path}:{line}: {len(row)} columns, the header has {len(header)}')
+                raise ValueError(f'{path}:{line}: {len(row)} columns, the header has '
+                                 f'{len(header)} ({", ".join(header)[:200]})')
             arch = _fast_parse(row[0])
             if arch is None:  # Slow path: full validation with a precise message.
                 try:
                     arch = space.parse_child_arch(row[0])
                 except ValueError as err:
                     raise ValueError(f'{path}:{line}: {err}') from None
-            try:
-                latency = float(row[1])
-            except ValueError:
-                raise ValueError(f'{path}:{line}: latency {row[1]!r} is not a number') from None
-            if not math.isfinite(latency) or latency <= 0:
-                raise ValueError(f'{path}:{line}: latency {row[1]!r} must be a positive finite '
-                                 'number of milliseconds')
+            latency = _parse_latency(row[1], f'{path}:{line}')
             kernels.append(arch.kernel)
             expands.append(arch.expand)
             depths.append(arch.depth)
@@ -116,6 +133,57 @@ def read_ofa_csv(path: str | os.PathLike, *, max_rows: int | None = None) -> Lat
                         latency_ms=np.asarray(latencies, np.float64),
                         extra=extra,
                         path=path)
+
+
+def _csv_rows(f: BinaryIO, path: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each CSV row; ``ValueError`` naming the line for bad CSV."""
+    reader = csv.reader(_text_lines(f, path))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise ValueError(f'{path}:{reader.line_num}: not a CSV row ({err})') from None
+        yield reader.line_num, row
+
+
+def _text_lines(f: BinaryIO, path: str) -> Iterator[str]:
+    """The file's lines as text; ``ValueError`` naming the line for non-UTF-8 or huge lines."""
+    number = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise ValueError(f'{path}:{number}: line longer than {MAX_LINE_BYTES} bytes; an OFA '
+                             'CSV row is "child_arch,latency[,...]" (a few hundred bytes)')
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            yield raw.decode('utf-8')
+        except UnicodeDecodeError as err:
+            raise ValueError(f'{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at '
+                             f'column {err.start + 1}); expected CSV rows '
+                             '"child_arch,latency[,...]"') from None
+
+
+def _parse_latency(text: str, where: str) -> float:
+    """The latency cell as ms; ``ValueError`` naming ``where``, the value and the range."""
+    allowed = ('allowed: a finite number of milliseconds in '
+               f'[{MIN_LATENCY_MS:g}, {MAX_LATENCY_MS:g}]')
+    try:
+        latency = float(text)
+    except ValueError:
+        raise ValueError(f'{where}: latency {text[:80]!r} is not a number; {allowed}') from None
+    if not math.isfinite(latency) or latency <= 0:
+        raise ValueError(f'{where}: latency {text[:80]!r} must be a positive finite number of '
+                         f'milliseconds; {allowed}')
+    if not MIN_LATENCY_MS <= latency <= MAX_LATENCY_MS:
+        raise ValueError(f'{where}: latency {text[:80]!r} is implausible (a unit mix-up or a '
+                         f'corrupt value); {allowed}')
+    return latency
 
 
 _KERNELS = frozenset(space.KERNEL_CHOICES)

@@ -81,10 +81,18 @@ def default_depthwise(platform: str) -> str:
     return 'shifted' if platform.lower() == 'cpu' else 'conv'
 
 
-def resolve(name: str) -> str:
-    """Resolves ``'auto'`` via ``jax.default_backend()``; validates other names."""
+def resolve(name: str, platform: str | None = None) -> str:
+    """Resolves ``'auto'`` for ``platform``; validates other names.
+
+    Args:
+      name: ``'auto'``, ``'conv'`` or ``'shifted'``.
+      platform: the JAX platform of the device that will run the program
+        (``device.platform``). Give it whenever the device is known: the
+        default, ``jax.default_backend()``, is another device's platform when
+        a program is placed on a non-default device (the CPU of a GPU host).
+    """
     if name == 'auto':
-        return default_depthwise(jax.default_backend())
+        return default_depthwise(platform or jax.default_backend())
     if name not in DEPTHWISE_IMPLS:
         raise ValueError(f'depthwise: value {name!r} is not allowed; allowed: '
                          f"'auto' or one of {sorted(DEPTHWISE_IMPLS)}")

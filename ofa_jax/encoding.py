@@ -26,8 +26,10 @@ def resolution_bucket(resolution: jax.Array) -> jax.Array:
 def onehot128(arch: space.Arch) -> jax.Array:
     """float32[..., 128] OFA one-hot encoding of one arch or a batch."""
     active = space.active_blocks(arch.depth)
-    kernel = jnp.asarray(arch.kernel)[..., None] == jnp.asarray(space.KERNEL_CHOICES)
-    expand = jnp.asarray(arch.expand)[..., None] == jnp.asarray(space.EXPAND_CHOICES)
+    kernel = (space.kernel_index(jnp.asarray(arch.kernel))[..., None] == jnp.arange(
+        len(space.KERNEL_CHOICES)))
+    expand = (space.expand_index(jnp.asarray(arch.expand))[..., None] == jnp.arange(
+        len(space.EXPAND_CHOICES)))
     kernel = (kernel & active[..., None]).reshape(kernel.shape[:-2] + (-1,))
     expand = (expand & active[..., None]).reshape(expand.shape[:-2] + (-1,))
     res = jax.nn.one_hot(resolution_bucket(arch.resolution),

@@ -197,6 +197,87 @@ def validate(arch: Arch) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Array module and gene-value -> choice-index maps (numpy or jnp, jit friendly).
+
+
+def array_module(*values: Any):
+    """``jax.numpy`` if any of ``values`` is a jax array (tracers included), else numpy."""
+    for v in values:
+        if isinstance(v, jax.Array):
+            return jnp
+    return np
+
+
+def is_traced(*trees: Any) -> bool:
+    """Whether any leaf of ``trees`` is a jax tracer (inside jit, vmap or grad)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+
+
+def _compare_index(values: Any, choices: Sequence[int]) -> Any:
+    """int32 index of each value in the sorted ``choices``: ``sum_i (v >= choices[i])``."""
+    xp = array_module(values)
+    v = xp.asarray(values)
+    index = xp.zeros(v.shape, xp.int32)
+    for c in choices[1:]:
+        index = index + (v >= c).astype(xp.int32)
+    return index
+
+
+def _value_table(choices: Sequence[int]) -> np.ndarray:
+    table = _compare_index(np.arange(max(choices) + 1), choices)
+    table.setflags(write=False)
+    return table
+
+
+# Value-indexed forms of kernel_index / expand_index: KERNEL_INDEX[k] for
+# k in 0..7, EXPAND_INDEX[e] for e in 0..6 (the same map, as int32 tables).
+KERNEL_INDEX = _value_table(KERNEL_CHOICES)
+EXPAND_INDEX = _value_table(EXPAND_CHOICES)
+
+
+def _choice_index(values: Any, choices: Sequence[int], table: np.ndarray, gather: bool) -> Any:
+    if not gather:
+        return _compare_index(values, choices)
+    xp = array_module(values)
+    return xp.asarray(table)[xp.clip(xp.asarray(values), 0, table.size - 1)]
+
+
+def kernel_index(kernel: Any, *, gather: bool = False) -> Any:
+    """Index in :data:`KERNEL_CHOICES` of kernel values (3/5/7 -> 0/1/2), int32.
+
+    numpy in, numpy out; a jax array (or tracer) gives a jax array. Computed by
+    comparisons, ``sum_i (k >= KERNEL_CHOICES[i])``, which fuse with their
+    neighbours under XLA (scoring 10^5 archs is bound by memory traffic);
+    ``gather=True`` looks the values up in :data:`KERNEL_INDEX` instead (same
+    numbers, a different XLA program; the LUT's jitted float32 sums keep their
+    rounding that way). Values that are not choices map to the index of the
+    largest choice below them (0 below the smallest): no validation here, see
+    :func:`validate`.
+    """
+    return _choice_index(kernel, KERNEL_CHOICES, KERNEL_INDEX, gather)
+
+
+def expand_index(expand: Any, *, gather: bool = False) -> Any:
+    """Index in :data:`EXPAND_CHOICES` of expand values (3/4/6 -> 0/1/2), int32.
+
+    As :func:`kernel_index` (``gather=True`` uses :data:`EXPAND_INDEX`).
+    """
+    return _choice_index(expand, EXPAND_CHOICES, EXPAND_INDEX, gather)
+
+
+def resolution_index(resolution: Any) -> Any:
+    """Index in :data:`RESOLUTIONS` of resolutions (128..224 -> 0..24).
+
+    Values outside the space clip to the first or last index and values in
+    between two resolutions round down, so ``RESOLUTIONS[index] == r`` tells
+    whether ``r`` is in the space. Keeps the input's integer dtype.
+    """
+    xp = array_module(resolution)
+    step = RESOLUTIONS[1] - RESOLUTIONS[0]
+    return xp.clip((xp.asarray(resolution) - RESOLUTIONS[0]) // step, 0, len(RESOLUTIONS) - 1)
+
+
+# ---------------------------------------------------------------------------
 # Canonical form, masks and keys (jit/vmap friendly).
 
 
@@ -205,6 +286,13 @@ def active_blocks(depth: jax.Array) -> jax.Array:
     depth = jnp.asarray(depth)
     position = jnp.arange(MAX_DEPTH)
     mask = position < depth[..., :, None]
+    return mask.reshape(depth.shape[:-1] + (NUM_BLOCKS,))
+
+
+def active_blocks_np(depth: Any) -> np.ndarray:
+    """Host (numpy) version of :func:`active_blocks`."""
+    depth = np.asarray(depth)
+    mask = np.arange(MAX_DEPTH) < depth[..., :, None]
     return mask.reshape(depth.shape[:-1] + (NUM_BLOCKS,))
 
 
@@ -222,7 +310,7 @@ def canonicalize(arch: Arch) -> Arch:
 def canonicalize_np(arch: Arch) -> Arch:
     """Host (numpy) version of :func:`canonicalize`."""
     depth = np.asarray(arch.depth, np.int32)
-    mask = (np.arange(MAX_DEPTH) < depth[..., :, None]).reshape(depth.shape[:-1] + (NUM_BLOCKS,))
+    mask = active_blocks_np(depth)
     return Arch(kernel=np.where(mask, arch.kernel, INACTIVE_KERNEL).astype(np.int32),
                 expand=np.where(mask, arch.expand, INACTIVE_EXPAND).astype(np.int32),
                 depth=depth,

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
+import flax.struct
 import numpy as np
 
 from ofa_jax import space
@@ -61,9 +63,23 @@ def check_width(width: float) -> float:
     return w
 
 
-def conv_out_size(size: int, stride: int) -> int:
-    """Output size of a conv with odd kernel k, padding k//2 and this stride."""
+def conv_out_size(size: Any, stride: int) -> Any:
+    """Output size of a conv with odd kernel k, padding k//2 and this stride.
+
+    Pure integer arithmetic: ``size`` may be an int or an np/jnp array.
+    """
     return (size - 1) // stride + 1
+
+
+def squeeze_channels(mid_channels: Any) -> Any:
+    """Squeeze channels of an SE module on ``mid_channels`` (an int)."""
+    return make_divisible(mid_channels // SE_REDUCTION)
+
+
+def position_stride(position: int) -> int:
+    """Stride of the elastic block at ``position`` (0..19): only a stage's first block strides."""
+    stage, index = divmod(position, space.MAX_DEPTH)
+    return STAGE_STRIDES[stage] if index == 0 else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +121,7 @@ class NetSpec:
 
     def se_channels(self, mid_channels: int) -> int:
         """Squeeze channels of the SE module on ``mid_channels``."""
-        return make_divisible(mid_channels // SE_REDUCTION)
+        return squeeze_channels(mid_channels)
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,6 +158,55 @@ class BlockSpec:
     @property
     def residual(self) -> bool:
         return self.stride == 1 and self.in_channels == self.out_channels
+
+    @property
+    def se_channels(self) -> int:
+        """Squeeze channels of the block's SE module; 0 without SE."""
+        return squeeze_channels(self.mid_channels) if self.se else 0
+
+
+@flax.struct.dataclass
+class BlockArrays:
+    """Many MBConv blocks as broadcastable int arrays (np or jnp), one field per quantity.
+
+    The array twin of :class:`BlockSpec`: the same attribute names (so the
+    counters of :mod:`ofa_jax.counts` take either), except that the activation
+    is the flag ``hswish`` and ``se_channels`` is a field (0 where ``se`` is 0).
+    A field may be ``None`` where a consumer does not need it (e.g. the feature
+    sizes for parameter counts). A pytree, like :class:`ofa_jax.space.Arch`.
+    """
+
+    position: Any
+    in_channels: Any
+    out_channels: Any
+    mid_channels: Any
+    kernel: Any
+    expand: Any
+    stride: Any
+    hswish: Any
+    se: Any
+    se_channels: Any
+    in_size: Any
+    out_size: Any
+
+    @property
+    def residual(self) -> Any:
+        return (self.stride == 1) & (self.in_channels == self.out_channels)
+
+    def block_at(self, index: Any) -> BlockSpec:
+        """The :class:`BlockSpec` at ``index`` of every field (all fields set)."""
+        v = lambda a: int(np.asarray(a)[index])
+        return BlockSpec(position=v(self.position),
+                         in_channels=v(self.in_channels),
+                         out_channels=v(self.out_channels),
+                         mid_channels=v(self.mid_channels),
+                         kernel=v(self.kernel),
+                         expand=v(self.expand),
+                         stride=v(self.stride),
+                         act='hswish' if v(self.hswish) else 'relu',
+                         se=bool(v(self.se)),
+                         in_size=v(self.in_size),
+                         out_size=v(self.out_size))
 
 
 def first_block(spec: NetSpec, resolution: int) -> BlockSpec:
@@ -209,26 +274,133 @@ def final_size(resolution: int) -> int:
 
 
 def position_tables(spec: NetSpec) -> dict[str, np.ndarray]:
-    """Per-position constants as arrays, for jit-compiled per-block features.
+    """Per-position constants of the 20 elastic positions, as numpy tables.
+
+    Everything about a position that depends on the width but not on the
+    resolution; gather ``[position, expand_index]`` (``space.expand_index``)
+    with np or jnp for the blocks of an arch. Feature sizes come from
+    :func:`position_sizes`.
 
     Returns:
       dict with int32 arrays of shape [20]: ``in_channels``, ``out_channels``,
-      ``stride`` (of the block at that position), ``se``, ``hswish``; and
-      ``mid_channels`` of shape [20, 3] indexed by expand choice.
+      ``stride`` (of the block at that position), ``se``, ``hswish``; and of
+      shape [20, 3] indexed by expand choice: ``mid_channels`` and
+      ``se_channels`` (squeeze channels of the SE module, 0 where ``se`` is 0).
     """
-    n = space.NUM_BLOCKS
+    positions = range(space.NUM_BLOCKS)
+    se = [STAGE_SE[p // space.MAX_DEPTH] for p in positions]
+    mid = [[spec.mid_channels(p, e) for e in space.EXPAND_CHOICES] for p in positions]
+    squeeze = [[squeeze_channels(m) if se[p] else 0 for m in mid[p]] for p in positions]
+    table = lambda values: np.array(values, np.int32)
     return {
-        'in_channels':
-            np.array([spec.block_in_channels(p) for p in range(n)], np.int32),
-        'out_channels':
-            np.array([spec.block_out_channels(p) for p in range(n)], np.int32),
-        'stride':
-            np.array([STAGE_STRIDES[p // 4] if p % 4 == 0 else 1 for p in range(n)], np.int32),
-        'se':
-            np.array([STAGE_SE[p // 4] for p in range(n)], np.int32),
-        'hswish':
-            np.array([STAGE_ACTS[p // 4] == 'hswish' for p in range(n)], np.int32),
-        'mid_channels':
-            np.array([[spec.mid_channels(p, e) for e in space.EXPAND_CHOICES] for p in range(n)],
-                     np.int32),
+        'in_channels': table([spec.block_in_channels(p) for p in positions]),
+        'out_channels': table([spec.block_out_channels(p) for p in positions]),
+        'stride': table([position_stride(p) for p in positions]),
+        'se': table(se),
+        'hswish': table([STAGE_ACTS[p // space.MAX_DEPTH] == 'hswish' for p in positions]),
+        'mid_channels': table(mid),
+        'se_channels': table(squeeze),
     }
+
+
+def position_sizes(resolution: Any) -> tuple[Any, Any]:
+    """Feature-map sizes entering and leaving each of the 20 elastic positions.
+
+    They do not depend on the other genes: only the first block of a stage
+    strides, and every stage starts at a fixed size.
+
+    Args:
+      resolution: an int or an integer np/jnp array of input resolutions
+        (any positive sizes; a jax array may be traced).
+
+    Returns:
+      ``(in_size, out_size)``, int arrays of shape ``resolution.shape + (20,)``
+      (jnp for a jax input, numpy otherwise).
+    """
+    xp = space.array_module(resolution)
+    r = xp.asarray(resolution)
+    in_sizes, out_sizes = [], []
+    for stage, size in enumerate(stage_input_sizes(r)):
+        out = conv_out_size(size, STAGE_STRIDES[stage])
+        in_sizes += [size] + [out] * (space.MAX_DEPTH - 1)
+        out_sizes += [out] * space.MAX_DEPTH
+    return xp.stack(in_sizes, axis=-1), xp.stack(out_sizes, axis=-1)
+
+
+def position_grid(spec: NetSpec, resolution: Any) -> BlockArrays:
+    """Every elastic position's block for each (kernel, expand) choice, as arrays.
+
+    Entry ``[..., p, ki, ei]`` of each field describes the block at position
+    ``p`` with kernel ``space.KERNEL_CHOICES[ki]`` and expand
+    ``space.EXPAND_CHOICES[ei]`` (the :class:`BlockSpec` of
+    :func:`position_block`), so a table of per-block values computed from the
+    grid is gathered with ``[..., position, kernel_index, expand_index]``.
+
+    Args:
+      spec: the channel layout.
+      resolution: an int or an integer array of resolutions (numpy or jnp).
+
+    Returns:
+      A :class:`BlockArrays` whose fields all have shape
+      ``resolution.shape + (20, 3, 3)``: int64 numpy arrays, or int32 jnp
+      arrays for a jax ``resolution``.
+    """
+    xp = space.array_module(resolution)
+    dtype = np.int64 if xp is np else xp.int32
+    r = xp.asarray(resolution).astype(dtype)
+    t = position_tables(spec)
+    in_size, out_size = position_sizes(r)
+    shape = r.shape + (space.NUM_BLOCKS, len(space.KERNEL_CHOICES), len(space.EXPAND_CHOICES))
+    grid = lambda a, index: xp.broadcast_to(xp.asarray(a, dtype)[index], shape)
+    per_pos = lambda a: grid(a, (..., slice(None), None, None))
+    per_exp = lambda a: grid(a, (..., slice(None), None, slice(None)))
+    return BlockArrays(position=per_pos(np.arange(space.NUM_BLOCKS)),
+                       in_channels=per_pos(t['in_channels']),
+                       out_channels=per_pos(t['out_channels']),
+                       mid_channels=per_exp(t['mid_channels']),
+                       kernel=grid(space.KERNEL_CHOICES, (slice(None), None)),
+                       expand=grid(space.EXPAND_CHOICES, (...,)),
+                       stride=per_pos(t['stride']),
+                       hswish=per_pos(t['hswish']),
+                       se=per_pos(t['se']),
+                       se_channels=per_exp(t['se_channels']),
+                       in_size=per_pos(in_size),
+                       out_size=per_pos(out_size))
+
+
+@functools.lru_cache(maxsize=None)
+def position_blocks(spec: NetSpec,
+                    resolution: int) -> tuple[tuple[tuple[BlockSpec, ...], ...], ...]:
+    """:func:`position_grid` at one resolution as :class:`BlockSpec` objects.
+
+    Returns:
+      ``blocks[p][ki][ei]``: the block at position ``p`` (0..19) with kernel
+      ``space.KERNEL_CHOICES[ki]`` and expand ``space.EXPAND_CHOICES[ei]``.
+    """
+    g = position_grid(spec, int(resolution))
+    n_k, n_e = len(space.KERNEL_CHOICES), len(space.EXPAND_CHOICES)
+    per_expand = lambda p, ki: tuple(g.block_at((p, ki, ei)) for ei in range(n_e))
+    return tuple(tuple(per_expand(p, ki) for ki in range(n_k)) for p in range(space.NUM_BLOCKS))
+
+
+def position_block(spec: NetSpec, resolution: int, position: int, kernel: int,
+                   expand: int) -> BlockSpec:
+    """The block at elastic ``position`` (0..19) with this kernel and expand.
+
+    An entry of :func:`position_blocks`; its input size does not depend on the
+    other genes (see :func:`position_sizes`).
+
+    Raises:
+      ValueError: ``position``, ``kernel`` or ``expand`` is not allowed.
+    """
+    if not 0 <= int(position) < space.NUM_BLOCKS:
+        raise ValueError(f'position: value {position!r} is not allowed; allowed: 0..'
+                         f'{space.NUM_BLOCKS - 1}')
+    if kernel not in space.KERNEL_CHOICES:
+        raise ValueError(f'kernel: value {kernel!r} is not allowed; allowed: one of '
+                         f'{space.KERNEL_CHOICES}')
+    if expand not in space.EXPAND_CHOICES:
+        raise ValueError(f'expand: value {expand!r} is not allowed; allowed: one of '
+                         f'{space.EXPAND_CHOICES}')
+    blocks = position_blocks(spec, int(resolution))
+    return blocks[int(position)][int(space.kernel_index(kernel))][int(space.expand_index(expand))]

@@ -14,6 +14,12 @@ function, so its final bias is loaded as the base accuracy.
   pairs with optax; :func:`save` / :func:`load` keep our own checkpoint (a
   folder with ``accuracy_predictor.json`` and ``params.msgpack``);
   :func:`load_any` accepts either.
+
+Every loader refuses bad input with a ``ValueError`` naming the file and the
+key or parameter: a file that is not a checkpoint, missing or ill-shaped
+weights, NaN/inf weights. Called from the host (numpy archs), a predictor
+validates the archs (``ValueError`` naming the field) and refuses non-finite
+predictions; jax arrays and tracers (inside ``jax.jit``) are not checked.
 """
 
 from __future__ import annotations
@@ -104,7 +110,15 @@ class AccuracyPredictor:
         return self.model.apply(params, encoding.onehot128(archs))
 
     def __call__(self, archs: space.Arch) -> jax.Array:
-        """Predicted accuracy of a batch of archs (jittable; params are constants)."""
+        """Predicted accuracy of a batch of archs (jittable; params are constants).
+
+        Raises:
+          ValueError: host (numpy) archs that are invalid (naming the field,
+            value and allowed values), or a non-finite prediction.
+        """
+        if checkpoint.check_host_archs(archs, 'accuracy predictor'):
+            return checkpoint.check_finite_output(self.apply(self.params, archs),
+                                                  'accuracy predictor')
         return self.apply(self.params, archs)
 
 
@@ -118,6 +132,25 @@ def init_predictor(key: jax.Array,
     return AccuracyPredictor(params=params, hidden=tuple(hidden), meta={'source': 'random init'})
 
 
+def _weight(state: Mapping[str, np.ndarray], key: str, shape: tuple[int | None, ...],
+            expected: str) -> np.ndarray:
+    """``state[key]`` as a finite float array of ``shape`` (``None``: any size)."""
+    if key not in state:
+        raise ValueError(f'accuracy: state dict has no {key!r} (keys: {sorted(state)[:8]}); '
+                         f'expected {expected}')
+    w = np.asarray(state[key])
+    if w.dtype.kind not in 'fiu':
+        raise ValueError(f'accuracy: {key} has dtype {w.dtype}; expected a float tensor')
+    if w.ndim != len(shape) or any(n is not None and n != m for n, m in zip(shape, w.shape)):
+        want = tuple('any' if n is None else n for n in shape)
+        raise ValueError(f'accuracy: {key} has shape {w.shape}, expected {want}')
+    count, at = checkpoint.non_finite(w)
+    if count:
+        raise ValueError(f'accuracy: {key} has {count} non-finite values (first at '
+                         f'index {at}: {w[at]}); allowed: finite numbers')
+    return w
+
+
 def from_ofa_state_dict(state: Mapping[str, np.ndarray]) -> AccuracyPredictor:
     """Maps an OFA accuracy-predictor state dict onto :class:`AccuracyMLP` params.
 
@@ -125,9 +158,15 @@ def from_ofa_state_dict(state: Mapping[str, np.ndarray]) -> AccuracyPredictor:
     6.bias``, an ``nn.Sequential``) and the later one (``layers.<i>.*`` with a
     bias-free head and ``base_acc``). Torch ``Linear`` weights are
     [out, in]; Flax kernels are [in, out].
+
+    Raises:
+      ValueError: a missing key, a wrong shape or a non-finite weight, naming
+        the key.
     """
+    if not isinstance(state, Mapping):
+        raise ValueError(f'accuracy: expected a state dict, got a {type(state).__name__}')
     state = {
-        k[len('layers.'):] if k.startswith('layers.') else k: np.asarray(v)
+        str(k)[len('layers.'):] if str(k).startswith('layers.') else str(k): v
         for k, v in state.items()
     }
     linear = sorted({int(k.split('.')[0]) for k in state if k.split('.')[0].isdigit()})
@@ -138,33 +177,46 @@ def from_ofa_state_dict(state: Mapping[str, np.ndarray]) -> AccuracyPredictor:
     params, hidden = {}, []
     prev = encoding.ONEHOT_DIM
     for i, lid in enumerate(hidden_ids):
-        w, b = state[f'{lid}.weight'], state[f'{lid}.bias']
-        if w.shape[1] != prev:
-            raise ValueError(f'accuracy: {lid}.weight has shape {w.shape}, expected input {prev}')
+        w = _weight(state, f'{lid}.weight', (None, prev), f'a Linear layer with {prev} inputs')
+        if w.shape[0] < 1:
+            raise ValueError(f'accuracy: {lid}.weight has shape {w.shape}; a hidden layer needs '
+                             '>= 1 unit')
+        b = _weight(state, f'{lid}.bias', (w.shape[0],), f'the bias of {lid}.weight')
         params[f'hidden_{i}'] = {
             'kernel': jnp.asarray(w.T, jnp.float32),
             'bias': jnp.asarray(b, jnp.float32)
         }
         hidden.append(w.shape[0])
         prev = w.shape[0]
-    head = state[f'{head_id}.weight']
-    if head.shape != (1, prev):
-        raise ValueError(f'accuracy: {head_id}.weight has shape {head.shape}, expected (1, {prev})')
+    head = _weight(state, f'{head_id}.weight', (1, prev), f'the head Linear({prev}, 1)')
     params['head'] = {'kernel': jnp.asarray(head.T, jnp.float32)}
-    base = float(np.asarray(state.get('base_acc', 0.0)).reshape(-1)[0])
-    if f'{head_id}.bias' in state:
-        base += float(state[f'{head_id}.bias'].reshape(-1)[0])
+    base = 0.0
+    for key in ('base_acc', f'{head_id}.bias'):  # Either, or both, carry the base accuracy.
+        if key in state:
+            one = (1,) * np.ndim(state[key])
+            base += float(_weight(state, key, one, 'one number').reshape(-1)[0])
     params['base_acc'] = jnp.asarray(base, jnp.float32)
     return AccuracyPredictor(params={'params': params}, hidden=tuple(hidden))
 
 
 def load_ofa_pth(path: str | os.PathLike) -> AccuracyPredictor:
-    """Loads OFA's published ``acc_predictor.pth`` without PyTorch."""
+    """Loads OFA's published ``acc_predictor.pth`` without PyTorch.
+
+    Raises:
+      ValueError: the file is not a tensor checkpoint
+        (:class:`ofa_jax.torch_pickle.BadCheckpointError`) or not an accuracy
+        predictor's state dict (missing key, wrong shape, non-finite weight);
+        the message names the file and the key.
+    """
+    path = os.fspath(path)
     state = torch_pickle.load(path)
     if not isinstance(state, Mapping):
         raise ValueError(f'accuracy: {path} holds a {type(state).__name__}, not a state dict')
-    pred = from_ofa_state_dict(state)
-    pred.meta = {'source': os.path.abspath(os.fspath(path)), 'format': 'ofa acc_predictor.pth'}
+    try:
+        pred = from_ofa_state_dict(state)
+    except ValueError as err:
+        raise ValueError(f'{path}: {err}') from None
+    pred.meta = {'source': os.path.abspath(path), 'format': 'ofa acc_predictor.pth'}
     return pred
 
 
@@ -178,13 +230,34 @@ def save(predictor: AccuracyPredictor, directory: str | os.PathLike) -> str:
 
 
 def load(directory: str | os.PathLike) -> AccuracyPredictor:
-    """Loads a checkpoint written by :func:`save`."""
+    """Loads a checkpoint written by :func:`save`.
+
+    Raises:
+      FileNotFoundError: a file is missing (a ``checkpoint.CheckpointNotFoundError``,
+        also a ``ValueError``).
+      ValueError: another format, a bad field, non-finite weights or weights
+        that do not fit ``hidden`` (naming the file and field or parameter).
+    """
     directory = os.fspath(directory)
     params, meta = checkpoint.read_files(directory, 'accuracy predictor', meta_file=META_FILE)
+    where = os.path.join(directory, META_FILE)
     if meta.get('format') != FORMAT:
-        raise ValueError(f'{os.path.join(directory, META_FILE)}: format {meta.get("format")!r}, '
-                         f'expected {FORMAT!r}')
-    return AccuracyPredictor(params=params, hidden=tuple(meta['hidden']), meta=meta.get('meta', {}))
+        raise checkpoint.CheckpointError(f'{where}: format {meta.get("format")!r}, '
+                                         f'expected {FORMAT!r}')
+    hidden = meta.get('hidden')
+    if (not isinstance(hidden, list) or not hidden or
+            any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
+        raise checkpoint.CheckpointError(f'{where}: field hidden is {hidden!r:.80}; expected a '
+                                         'non-empty list of positive layer widths')
+    info = meta.get('meta', {})
+    if not isinstance(info, dict):
+        raise checkpoint.CheckpointError(f'{where}: field meta is {info!r:.80}; expected an '
+                                         'object')
+    expected = jax.eval_shape(
+        AccuracyMLP(hidden=tuple(hidden)).init, jax.random.key(0),
+        jax.ShapeDtypeStruct((1, encoding.ONEHOT_DIM), jnp.float32))
+    checkpoint.check_param_shapes(params, expected, os.path.join(directory, checkpoint.PARAMS_FILE))
+    return AccuracyPredictor(params=params, hidden=tuple(hidden), meta=info)
 
 
 def load_any(path: str | os.PathLike) -> AccuracyPredictor:

@@ -13,7 +13,17 @@ built once per predictor and compiles once per batch size.
 archs with the weights frozen in as constants (faster on CPU).
 
 On disk (a folder): ``predictor.json`` (everything but the weights) and
-``params.msgpack`` (``flax.serialization``).
+``params.msgpack`` (``flax.serialization``). :func:`load` refuses, with a
+:class:`CheckpointError` (a ``ValueError``) naming the file and the field or
+parameter, a file that is missing, truncated or not JSON/msgpack, a missing or
+ill-typed field, non-finite weights, context or normalisation, and weights whose
+tree or shapes do not match the model the JSON describes: a bad checkpoint fails
+at load, not at its first call.
+
+Called from the host (numpy archs), a predictor validates the archs
+(:func:`ofa_jax.space.validate`: ``ValueError`` naming the field) and refuses
+non-finite predictions; under ``jax.jit`` and for device arrays nothing is
+checked (jitted code cannot raise).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import os
 from typing import Any
 
 import flax.serialization
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +50,14 @@ META_FILE = 'predictor.json'
 # one predate the field and are read as this format).
 FORMAT = 'ofa_jax.predictor/1'
 PARAMS_FILE = 'params.msgpack'
+
+
+class CheckpointError(ValueError):
+    """A saved predictor is missing, unreadable or holds bad values; names the file."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint file does not exist (also a ``FileNotFoundError``, as before)."""
 
 
 @dataclasses.dataclass
@@ -88,19 +107,39 @@ class Predictor:
         return _inputs(archs, self.context if context is None else context, self.fspec)
 
     def members_ms(self, archs: space.Arch) -> jnp.ndarray:
-        """float32[K, N]: every member's prediction (for spread)."""
+        """float32[K, N]: every member's prediction (for spread).
+
+        Raises:
+          ValueError: host (numpy) archs that are invalid (naming the field), or
+            a non-finite prediction.
+        """
+        host = check_host_archs(archs, 'predictor')
         params = self.params if self.ensemble else jax.tree_util.tree_map(
             lambda v: v[None], self.params)
-        return _score(params,
-                      jnp.asarray(self.context),
-                      _as_jnp(archs),
-                      model=self._model,
-                      fspec=self.fspec,
-                      norm=self.norm,
-                      reduce=False) + self.offset_ms
+        out = _score(params,
+                     jnp.asarray(self.context),
+                     _as_jnp(archs),
+                     model=self._model,
+                     fspec=self.fspec,
+                     norm=self.norm,
+                     reduce=False) + self.offset_ms
+        return check_finite_output(out, 'predictor') if host else out
 
     def __call__(self, archs: space.Arch) -> jnp.ndarray:
-        """Predicted latency (ms, float32) of a batch of archs, one jitted call."""
+        """Predicted latency (ms, float32) of a batch of archs, one jitted call.
+
+        Host (numpy) archs are validated first and the predictions checked to be
+        finite; jax arrays and tracers (inside ``jax.jit``) are not checked.
+
+        Raises:
+          ValueError: invalid host archs (naming the field, the value and the
+            allowed values) or a non-finite prediction.
+        """
+        host = check_host_archs(archs, 'predictor')
+        out = self._predict(archs)
+        return check_finite_output(out, 'predictor') if host else out
+
+    def _predict(self, archs: space.Arch) -> jnp.ndarray:
         if self.ensemble:
             out = _score(self.params,
                          jnp.asarray(self.context),
@@ -140,6 +179,7 @@ class Predictor:
         if self.norm.kind not in ('scale', 'standardize'):
             raise ValueError(f'breakdown: target {self.norm.kind!r} does not split into terms in '
                              "ms; allowed: 'scale', 'standardize'")
+        check_host_archs(archs, 'breakdown')
         params = self.params if self.ensemble else jax.tree_util.tree_map(
             lambda v: v[None], self.params)
         # The members' mean of the raw terms (identity decode), then the linear scale.
@@ -172,6 +212,49 @@ class Predictor:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.update(changes)
         return Predictor(**fields)
+
+
+def _is_host(archs: space.Arch) -> bool:
+    """Whether no field of ``archs`` is a jax array (concrete or a tracer)."""
+    return not any(isinstance(v, jax.Array) for v in jax.tree_util.tree_leaves(archs))
+
+
+def check_host_archs(archs: space.Arch, what: str) -> bool:
+    """Validates host (numpy / Python) archs; returns whether they were host archs.
+
+    Jax arrays, and tracers inside ``jax.jit``, are left alone (jitted code
+    cannot raise; device arrays come from ``space.sample`` or jitted code).
+
+    Raises:
+      ValueError: ``'{what}: {field}: value ... is not allowed; allowed: ...'``.
+    """
+    if not _is_host(archs):
+        return False
+    if not isinstance(archs, space.Arch):
+        raise ValueError(f'{what}: archs is a {type(archs).__name__}, not an ofa_jax.space.Arch')
+    try:
+        space.validate(archs)
+    except ValueError as err:
+        raise ValueError(f'{what}: {err}') from None
+    return True
+
+
+def check_finite_output(out: jax.Array, what: str) -> jax.Array:
+    """``out`` if every value is finite, else ``ValueError`` naming the first bad row."""
+    if not bool(jnp.all(jnp.isfinite(out))):
+        values = np.asarray(out)
+        count, at = non_finite(values)
+        raise ValueError(f'{what}: {count} of {values.size} predictions are not finite '
+                         f'(first at index {at}: {values[at]}); the weights or inputs are bad')
+    return out
+
+
+def non_finite(values: np.ndarray) -> tuple[int, tuple[int, ...]]:
+    """(how many values are NaN/inf, index of the first) of a float array (any rank)."""
+    mask = ~np.isfinite(np.asarray(values))
+    count = int(np.count_nonzero(mask))
+    at = np.unravel_index(int(np.argmax(mask)), mask.shape) if count else ()
+    return count, tuple(int(i) for i in at)
 
 
 def _inputs(archs, context, fspec):
@@ -339,32 +422,188 @@ def write_files(directory: str,
 def read_files(directory: str,
                what: str = 'predictor',
                meta_file: str = META_FILE) -> tuple[Any, dict[str, Any]]:
-    """Reads what :func:`write_files` wrote: (params as jnp arrays, meta dict)."""
+    """Reads what :func:`write_files` wrote: (params as jnp arrays, meta dict).
+
+    Every parameter must be a finite number array.
+
+    Raises:
+      CheckpointNotFoundError: a file is missing (also a ``FileNotFoundError``).
+      CheckpointError: a file is not JSON / msgpack, or a parameter is not a
+        finite number array (naming the file and the parameter path).
+    """
     path = os.path.join(directory, meta_file)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'{directory}: no {meta_file}; not a saved {what}')
-    with open(path) as f:
-        meta = json.load(f)
-    with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
-        params = flax.serialization.msgpack_restore(f.read())
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f'{directory}: no {meta_file}; not a saved {what}')
+    try:
+        with open(path, 'rb') as f:
+            meta = json.loads(f.read().decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f'{path}: not a JSON {what} description '
+                              f'({type(err).__name__}: {str(err)[:200]})') from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f'{path}: holds a JSON {type(meta).__name__}, expected an object')
+    params_path = os.path.join(directory, PARAMS_FILE)
+    if not os.path.isfile(params_path):
+        raise CheckpointNotFoundError(f'{params_path}: missing; a saved {what} has {meta_file} '
+                                      f'and {PARAMS_FILE}')
+    with open(params_path, 'rb') as f:
+        blob = f.read()
+    try:
+        params = flax.serialization.msgpack_restore(blob)
+    except Exception as err:  # pylint: disable=broad-except
+        # msgpack and flax raise many types for truncated or garbage bytes.
+        raise CheckpointError(f'{params_path}: not a msgpack parameter file (truncated or '
+                              f'corrupt: {type(err).__name__}: {str(err)[:200]})') from None
+    check_params(params, params_path)
     return jax.tree_util.tree_map(jnp.asarray, params), meta
 
 
+def check_params(params: Any, where: str) -> None:
+    """Checks a restored parameter tree: nested dicts of finite number arrays.
+
+    Raises:
+      CheckpointError: ``'{where}: parameter {path} ...'`` for a leaf that is
+        not a number array or holds NaN/inf.
+    """
+    if not isinstance(params, dict) or not params:
+        raise CheckpointError(f'{where}: holds a {type(params).__name__}, expected a non-empty '
+                              'mapping of parameters')
+    for key, value in flax.traverse_util.flatten_dict(params, sep='/').items():
+        arr = value if isinstance(value, np.ndarray) else None
+        if arr is None and isinstance(value,
+                                      (int, float, np.number)) and not isinstance(value, bool):
+            arr = np.asarray(value)
+        if arr is None or arr.dtype.kind not in 'fiu':
+            raise CheckpointError(f'{where}: parameter {key} is a {type(value).__name__} '
+                                  f'{getattr(value, "dtype", "")}; expected a number array')
+        if arr.dtype.kind == 'f':
+            count, at = non_finite(arr)
+            if count:
+                raise CheckpointError(f'{where}: parameter {key} has {count} non-finite '
+                                      f'values (first at index {at}: {arr[at]}); allowed: finite '
+                                      'numbers')
+
+
+def check_param_shapes(params: Any, expected: Any, where: str, *, members: bool = False) -> None:
+    """Checks ``params`` has exactly the tree and shapes of ``expected``.
+
+    Args:
+      params: the loaded parameters.
+      expected: shapes from ``jax.eval_shape(model.init, ...)``.
+      where: the file, for messages.
+      members: ``params`` stacks ensemble members on a leading axis (the same
+        size for every leaf).
+
+    Raises:
+      CheckpointError: a missing or unexpected parameter, or a wrong shape,
+        naming the parameter path.
+    """
+    got = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(params), sep='/')
+    want = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(expected), sep='/')
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise CheckpointError(f'{where}: parameters do not match the model: missing '
+                              f'{missing[:5]}, unexpected {extra[:5]}')
+    k = None
+    for key in sorted(want):
+        shape, need = tuple(np.shape(got[key])), tuple(want[key].shape)
+        if members:
+            if not shape or (k is not None and shape[0] != k):
+                raise CheckpointError(f'{where}: parameter {key} has shape {shape}; an ensemble '
+                                      f'needs a leading member axis of {k or "K >= 1"}')
+            k = shape[0]
+            shape = shape[1:]
+        if shape != need:
+            raise CheckpointError(f'{where}: parameter {key} has shape {shape}, the model its '
+                                  f'config describes needs {need}')
+
+
+_JSON_TYPES = {dict: 'object', list: 'array', str: 'string', bool: 'boolean'}
+
+
+def _field(meta: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    """``meta[key]``, which must be a ``kind``; else CheckpointError naming ``where`` and key."""
+    if key not in meta:
+        raise CheckpointError(f'{where}: missing field {key!r}')
+    value = meta[key]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise CheckpointError(f'{where}: field {key!r} is {value!r:.80}; expected a JSON '
+                              f'{_JSON_TYPES[kind]}')
+    return value
+
+
+def _finite(value: Any, name: str, where: str) -> float:
+    """``value`` as a float if it is a finite number; else CheckpointError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise CheckpointError(f'{where}: {name} is {value!r:.80}; allowed: a finite number')
+    return float(value)
+
+
 def load(directory: str | os.PathLike) -> Predictor:
-    """Loads a predictor written by :func:`save`; ``ValueError`` for another format."""
-    params, meta = read_files(os.fspath(directory))
+    """Loads a predictor written by :func:`save`.
+
+    Raises:
+      CheckpointNotFoundError: a file is missing (also a ``FileNotFoundError``).
+      CheckpointError: another format, a bad field, non-finite values or
+        weights that do not fit the model (a ``ValueError`` naming the file and
+        the field or parameter).
+    """
+    directory = os.fspath(directory)
+    params, meta = read_files(directory)
+    where = os.path.join(directory, META_FILE)
     fmt = meta.get('format', FORMAT)
     if fmt != FORMAT:
-        raise ValueError(f'{os.fspath(directory)}: format {fmt!r} in {META_FILE} is not '
-                         f'{FORMAT!r}, the one this version of ofa_jax reads')
+        raise CheckpointError(f'{directory}: format {fmt!r} in {META_FILE} is not '
+                              f'{FORMAT!r}, the one this version of ofa_jax reads')
     # JSON turns tuples into lists; module options must stay hashable for jit.
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta['model_kwargs'].items()}
-    return Predictor(model_name=meta['model_name'],
-                     model_kwargs=kwargs,
-                     fspec=features.FeatureSpec.from_dict(meta['fspec']),
-                     norm=train_lib.TargetNorm(**meta['norm']),
-                     params=params,
-                     ensemble=bool(meta['ensemble']),
-                     context=np.asarray(meta['context'], np.float32),
-                     meta=meta['meta'],
-                     offset_ms=float(meta.get('offset_ms', 0.0)))
+    kwargs = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in _field(meta, 'model_kwargs', dict, where).items()
+    }
+    norm_d = _field(meta, 'norm', dict, where)
+    for name in ('mean', 'std'):
+        _finite(norm_d.get(name, 0.0), f'norm.{name}', where)
+    if norm_d.get('kind') not in train_lib.TARGET_KINDS:
+        raise CheckpointError(f'{where}: norm.kind is {norm_d.get("kind")!r:.80}; allowed: '
+                              f'{", ".join(train_lib.TARGET_KINDS)}')
+    if not float(norm_d.get('std', 1.0)) > 0:
+        raise CheckpointError(f'{where}: norm.std is {norm_d.get("std")!r}; allowed: > 0')
+    context = _field(meta, 'context', list, where)
+    try:
+        context = np.asarray(context, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f'{where}: context {context!r:.80} is not a list of numbers') from None
+    if not np.all(np.isfinite(context)):
+        raise CheckpointError(f'{where}: context {context.tolist()!r:.80} has non-finite values; '
+                              'allowed: finite numbers')
+    offset_ms = _finite(meta.get('offset_ms', 0.0), 'offset_ms', where)
+    ensemble = _field(meta, 'ensemble', bool, where)
+    fspec_d = _field(meta, 'fspec', dict, where)
+    for name, value in fspec_d.items():  # Standardisation statistics: finite numbers.
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float):
+                _finite(v, f'fspec.{name}', where)
+    try:
+        predictor = Predictor(model_name=_field(meta, 'model_name', str, where),
+                              model_kwargs=kwargs,
+                              fspec=features.FeatureSpec.from_dict(fspec_d),
+                              norm=train_lib.TargetNorm(**norm_d),
+                              params=params,
+                              ensemble=ensemble,
+                              context=context.astype(np.float32),
+                              meta=_field(meta, 'meta', dict, where),
+                              offset_ms=offset_ms)
+        one = jax.tree_util.tree_map(lambda v: np.asarray(v)[None], space.smallest())
+        x = predictor.inputs(_as_jnp(one))
+        expected = jax.eval_shape(predictor.model.init, jax.random.PRNGKey(0), x)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f'{where}: does not describe a model this version builds '
+                              f'({type(err).__name__}: {str(err)[:200]})') from None
+    check_param_shapes(params,
+                       expected,
+                       os.path.join(directory, PARAMS_FILE),
+                       members=predictor.ensemble)
+    return predictor

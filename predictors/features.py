@@ -15,8 +15,10 @@ Three families:
   counts and GB/s; here every scalar is standardised with statistics stored in
   the :class:`FeatureSpec`, which is saved with the model.
 
-Analytic MACs/params are computed here from :mod:`ofa_jax.spec` tables
-(convolutions and SE, biases and BN ignored); they only serve as features.
+Analytic MACs/params come from :mod:`ofa_jax.counts`'s per-block formulas over
+the :func:`ofa_jax.spec.position_grid` of every resolution (MACs as counted
+there; params of convolution and SE weights only, biases and BN ignored); they
+only serve as features.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from ofa_jax import counts
 from ofa_jax import encoding
 from ofa_jax import hardware
 from ofa_jax import space
@@ -82,45 +85,15 @@ class FeatureSpec:
 def _tables(width: float) -> dict[str, np.ndarray]:
     """Per (resolution slot, position, choice) MACs/params and fixed terms."""
     net = spec_lib.net_spec(width)
-    pos_t = spec_lib.position_tables(net)
-    n_r = len(space.RESOLUTIONS)
-    macs = np.zeros((n_r, space.NUM_BLOCKS, NUM_CHOICES), np.float64)
-    params = np.zeros((space.NUM_BLOCKS, NUM_CHOICES), np.float64)
-    fixed_macs = np.zeros((n_r,), np.float64)
-    for ri, r in enumerate(space.RESOLUTIONS):
-        stage_in = spec_lib.stage_input_sizes(r)
-        for p in range(space.NUM_BLOCKS):
-            stage, index = divmod(p, space.MAX_DEPTH)
-            stride = int(pos_t['stride'][p])
-            size = stage_in[stage]
-            if index > 0:
-                size = spec_lib.conv_out_size(size, spec_lib.STAGE_STRIDES[stage])
-            out = spec_lib.conv_out_size(size, stride)
-            cin, cout = int(pos_t['in_channels'][p]), int(pos_t['out_channels'][p])
-            for ki, k in enumerate(space.KERNEL_CHOICES):
-                for ei, _ in enumerate(space.EXPAND_CHOICES):
-                    mid = int(pos_t['mid_channels'][p, ei])
-                    se = net.se_channels(mid) if pos_t['se'][p] else 0
-                    c = ki * len(space.EXPAND_CHOICES) + ei
-                    macs[ri, p, c] = (size * size * cin * mid + out * out * mid * k * k +
-                                      2 * mid * se + out * out * mid * cout)
-                    params[p, c] = cin * mid + mid * k * k + 2 * mid * se + mid * cout
-        s1 = spec_lib.conv_out_size(r, 2)
-        f = spec_lib.final_size(r)
-        c0 = net.first_channels
-        fixed_macs[ri] = (s1 * s1 * 27 * c0 + s1 * s1 * c0 * 9 + s1 * s1 * c0 * c0 +
-                          f * f * net.stage_channels[-1] * net.final_channels +
-                          net.final_channels * net.feature_channels +
-                          net.feature_channels * net.num_classes)
-    c0 = net.first_channels
-    fixed_params = (27 * c0 + 9 * c0 + c0 * c0 + net.stage_channels[-1] * net.final_channels +
-                    net.final_channels * net.feature_channels +
-                    net.feature_channels * net.num_classes)
+    res = np.asarray(space.RESOLUTIONS, np.int64)
+    grid = spec_lib.position_grid(net, res)  # [25, 20, 3 kernels, 3 expands], int64
+    shape = (len(res), space.NUM_BLOCKS, NUM_CHOICES)  # choice = kernel_index * 3 + expand_index
+    f32 = lambda x: np.asarray(x, np.float64).astype(np.float32)
     return {
-        'macs': macs.astype(np.float32),
-        'params': params.astype(np.float32),
-        'fixed_macs': fixed_macs.astype(np.float32),
-        'fixed_params': np.float32(fixed_params),
+        'macs': f32(counts.block_macs(grid).reshape(shape)),
+        'params': f32(counts.block_params(grid, weights_only=True)[0].reshape(shape[1:])),
+        'fixed_macs': f32(counts.fixed_macs(net, res)),
+        'fixed_params': np.float32(counts.fixed_params(net, weights_only=True)),
     }
 
 
@@ -129,30 +102,16 @@ def block_macs_table(width: float = 1.2) -> np.ndarray:
     return _tables(width)['macs']
 
 
-def _gene_index(values, choices: Sequence[int]):
-    """Choice index of gene values (3/5/7 -> 0/1/2) without a search."""
-    lut = np.zeros((max(choices) + 1,), np.int32)
-    for i, c in enumerate(choices):
-        lut[c] = i
-    return jnp.asarray(lut)[jnp.clip(jnp.asarray(values), 0, lut.size - 1)]
-
-
 def choice_index(archs: space.Arch):
-    """int32[..., 20]: ``kernel_index * 3 + expand_index`` of every position."""
-    # Arithmetic instead of table gathers (3/5/7 -> 0/1/2, 3/4/6 -> 0/1/2): scoring
-    # 10^5 archs is bound by memory traffic, and gathers are the costly part.
-    assert space.KERNEL_CHOICES == (3, 5, 7) and space.EXPAND_CHOICES == (3, 4, 6)
-    k = jnp.asarray(archs.kernel, jnp.int32)
-    e = jnp.asarray(archs.expand, jnp.int32)
-    ki = (k - 3) // 2
-    ei = (e - 3) - (e == 6).astype(jnp.int32)
+    """int32[..., 20]: ``kernel_index * 3 + expand_index`` of every position (jnp)."""
+    ki = space.kernel_index(jnp.asarray(archs.kernel, jnp.int32))
+    ei = space.expand_index(jnp.asarray(archs.expand, jnp.int32))
     return ki * len(space.EXPAND_CHOICES) + ei
 
 
 def resolution_slot(resolution):
-    """Index of a resolution in ``space.RESOLUTIONS``."""
-    return jnp.clip((jnp.asarray(resolution) - space.RESOLUTIONS[0]) // 4, 0,
-                    len(space.RESOLUTIONS) - 1)
+    """Index of a resolution in ``space.RESOLUTIONS`` (jnp; clipped to the ends)."""
+    return space.resolution_index(jnp.asarray(resolution))
 
 
 def knot_weights(resolution, knots: Sequence[int]):

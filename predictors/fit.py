@@ -11,7 +11,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from ofa_jax import space
@@ -42,7 +41,7 @@ def fit_predictor(
         val_ms: np.ndarray | None = None,
         *,
         fspec: features.FeatureSpec,
-        config: ml_collections.ConfigDict | None = None,
+        config: train_lib.TrainParamsLike | None = None,
         target: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         train_context: np.ndarray | None = None,
@@ -58,7 +57,8 @@ def fit_predictor(
       train_archs, train_ms: training rows (latency in ms).
       val_archs, val_ms: early-stopping rows (``None``: train ``max_steps``).
       fspec: feature spec (fit it on the training archs).
-      config: ``train.default_config()`` overrides.
+      config: :class:`~predictors.train.TrainParams` (a mapping or ``ConfigDict`` is
+        converted with ``TrainParams.from_mapping``; ``None``: the defaults).
       target: ``train.TARGET_KINDS``; default per model (``DEFAULT_TARGET``).
       model_kwargs: module options.
       train_context / val_context: per-row standardised device context [N, C].
@@ -74,11 +74,9 @@ def fit_predictor(
         raise ValueError(f'model: unknown model {model_name!r}; allowed: '
                          f'{", ".join(models.MODEL_NAMES)}')
     model_kwargs = dict(model_kwargs or {})
-    config = config or train_lib.default_config()
+    hp = train_lib.as_train_params(config)  # Bad settings fail here, before any work.
     norm = train_lib.fit_target_norm(target or DEFAULT_TARGET[model_name], train_ms)
-    loss, huber_delta = train_lib.loss_options(config)
-    train_lib.loss_function(loss, huber_delta)  # Bad options fail here, before any work.
-    if loss == 'relative_l1' and norm.kind != 'scale':
+    if hp.loss == 'relative_l1' and norm.kind != 'scale':
         raise ValueError(f"loss: 'relative_l1' divides by the target, so it needs the positive "
                          f"'scale' target; {model_name!r} trains on {norm.kind!r}; allowed "
                          "there: mse, huber")
@@ -93,11 +91,11 @@ def fit_predictor(
         lin = train_lib.additive_lstsq_init(train_archs,
                                             np.asarray(y_tr),
                                             fspec,
-                                            loss=loss,
-                                            huber_delta=huber_delta)
+                                            loss=hp.loss,
+                                            huber_delta=hp.huber_delta)
         init = model.init(jax.random.PRNGKey(seed), jax.tree_util.tree_map(lambda v: v[:1], x_tr))
         init = {'params': {**init['params'], **{k: jnp.asarray(v) for k, v in lin.items()}}}
-    train_fn = train_lib.make_train(model, config, (x_tr, y_tr), val, init_params=init)
+    train_fn = train_lib.make_train(model, hp, (x_tr, y_tr), val, init_params=init)
     result = train_lib.fit_ensemble(train_fn, seed, num_members)
     params = result.params
     if num_members == 1:

@@ -43,8 +43,6 @@ import yaml
 from ofa_jax import space
 from ofa_jax import spec as spec_lib
 
-_EXPAND_INDEX = {e: i for i, e in enumerate(space.EXPAND_CHOICES)}
-_KERNEL_INDEX = {k: i for i, k in enumerate(space.KERNEL_CHOICES)}
 _CONV_RE = re.compile(r'^Conv-input:(\d+)x(\d+)x3-output:')
 _FILE_RE = re.compile(r'^(\d+)_lookup_table\.ya?ml$')
 
@@ -102,29 +100,9 @@ def fixed_keys(net: spec_lib.NetSpec, resolution: int) -> list[str]:
     ]
 
 
-def position_block(net: spec_lib.NetSpec, resolution: int, position: int, kernel: int,
-                   expand: int) -> spec_lib.BlockSpec:
-    """The block at elastic ``position`` (0..19) with this kernel and expand.
-
-    Its input size does not depend on the other genes: only the first block of
-    a stage strides, and every stage starts at a fixed size.
-    """
-    stage, index = divmod(position, space.MAX_DEPTH)
-    size = spec_lib.stage_input_sizes(resolution)[stage]
-    stride = spec_lib.STAGE_STRIDES[stage] if index == 0 else 1
-    if index > 0:
-        size = spec_lib.conv_out_size(size, spec_lib.STAGE_STRIDES[stage])
-    return spec_lib.BlockSpec(position=position,
-                              in_channels=net.block_in_channels(position),
-                              out_channels=net.block_out_channels(position),
-                              mid_channels=net.mid_channels(position, expand),
-                              kernel=kernel,
-                              expand=expand,
-                              stride=stride,
-                              act=spec_lib.STAGE_ACTS[stage],
-                              se=spec_lib.STAGE_SE[stage],
-                              in_size=size,
-                              out_size=spec_lib.conv_out_size(size, stride))
+# The block at elastic ``position`` (0..19) with this kernel and expand; the
+# geometry lives in ofa_jax.spec (kept here under its old name for LUT builders).
+position_block = spec_lib.position_block
 
 
 def layer_keys(arch: space.Arch, width: float = 1.2, num_classes: int = 1000) -> list[str]:
@@ -150,46 +128,89 @@ def all_keys(resolution: int, width: float = 1.2, num_classes: int = 1000) -> li
     """Every distinct key the space produces at ``resolution`` (sorted, unique)."""
     net = spec_lib.net_spec(width, num_classes)
     keys = set(fixed_keys(net, resolution))
-    for p in range(space.NUM_BLOCKS):
-        for k in space.KERNEL_CHOICES:
-            for e in space.EXPAND_CHOICES:
-                keys.add(block_key(position_block(net, resolution, p, k, e)))
+    for per_kernel in spec_lib.position_blocks(net, resolution):
+        keys.update(block_key(b) for per_expand in per_kernel for b in per_expand)
     return sorted(keys)
 
 
 # ---------------------------------------------------------------------------
 # OFA yaml files.
 
+_ENTRY_FIELDS = ('count', 'mean', 'std')
+
+
+class _UniqueKeyLoader(getattr(yaml, 'CSafeLoader', yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe yaml loader, refusing a mapping that repeats a key (yaml keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # Unhashable; the base class reports it.
+                break
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None,
+                                                        f'key {key!r:.200} appears twice',
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float if it is a finite int or float (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # An int past the float range.
+        return None
+    return number if np.isfinite(number) else None
+
 
 def read_lut_yaml(path: str | os.PathLike) -> dict[str, LutEntry]:
     """Reads one OFA yaml table (``key: {count, mean, std}``).
 
+    Every entry needs all three fields: ``count`` an integer >= 1, ``mean`` and
+    ``std`` finite numbers of ms >= 0; keys are strings, each once.
+
     Raises:
-      ValueError: naming the file and the bad key if an entry is malformed.
+      ValueError: naming the file (and the bad key, field, value and what is
+        allowed) for bytes that are not yaml, a document that is not a
+        non-empty mapping, a repeated key or a malformed entry.
     """
     path = os.fspath(path)
-    with open(path) as f:
-        loader = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
+    with open(path, 'rb') as f:
         try:
-            raw = yaml.load(f, Loader=loader)
-        except yaml.YAMLError as err:
-            raise ValueError(f'{path}: not valid yaml: {err}') from None
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
+        except (yaml.YAMLError, RecursionError) as err:
+            text = ' '.join(str(err).split())[:300]
+            raise ValueError(f'{path}: not valid yaml: {text}') from None
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f'{path}: expected a non-empty mapping key -> {{count, mean, std}}')
     entries = {}
     for key, value in raw.items():
-        try:
-            mean = float(value['mean'])
-            entry = LutEntry(count=int(value.get('count', 1)),
-                             mean=mean,
-                             std=float(value.get('std', 0.0)))
-        except (TypeError, KeyError, ValueError, AttributeError):
-            raise ValueError(f'{path}: entry {key!r} must be a mapping with a numeric "mean" '
-                             f'(and optional "count", "std"); got {value!r}') from None
-        if not np.isfinite(entry.mean) or entry.mean < 0:
-            raise ValueError(f'{path}: entry {key!r} has mean {entry.mean}; need a finite '
-                             'non-negative number of ms')
-        entries[str(key)] = entry
+        if not isinstance(key, str):
+            raise ValueError(f'{path}: key {key!r:.80} is not a string; keys look like '
+                             '"Conv-input:160x160x3-output:80x80x24"')
+        if not isinstance(value, dict):
+            raise ValueError(f'{path}: entry {key!r} must be a mapping with "count", "mean" and '
+                             f'"std"; got {value!r:.80}')
+        missing = [name for name in _ENTRY_FIELDS if name not in value]
+        if missing:
+            raise ValueError(f'{path}: entry {key!r} lacks {", ".join(map(repr, missing))}; each '
+                             'entry needs "count" (runs), "mean" and "std" (ms)')
+        count = value['count']
+        mean, std = _number(value['mean']), _number(value['std'])
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f'{path}: entry {key!r} has count {value["count"]!r:.80}; allowed: '
+                             'an integer >= 1')
+        for name, number in (('mean', mean), ('std', std)):
+            if number is None or number < 0:
+                raise ValueError(f'{path}: entry {key!r} has {name} {value[name]!r:.80}; need a '
+                                 'finite non-negative number of ms')
+        entries[key] = LutEntry(count=count, mean=mean, std=std)
     return entries
 
 
@@ -279,21 +300,14 @@ class LookupTable:
         for i, r in enumerate(self.tables):
             res_index[space.RESOLUTIONS.index(r)] = i
             fixed[i] = sum(self._lookup(r, k) for k in fixed_keys(self.net, r))
-            for p in range(space.NUM_BLOCKS):
-                for ki, k in enumerate(space.KERNEL_CHOICES):
-                    for ei, e in enumerate(space.EXPAND_CHOICES):
-                        key = block_key(position_block(self.net, r, p, k, e))
-                        block[i, p, ki, ei] = self._lookup(r, key)
+            # position_blocks(...)[p][ki][ei] lines up with block[i, p, ki, ei].
+            for p, per_kernel in enumerate(spec_lib.position_blocks(self.net, r)):
+                for ki, per_expand in enumerate(per_kernel):
+                    for ei, b in enumerate(per_expand):
+                        block[i, p, ki, ei] = self._lookup(r, block_key(b))
         self.block_ms = block
         self.fixed_ms = fixed
         self.res_index = res_index
-        # Gene value -> choice index, indexable by the raw value.
-        self._k_lut = np.zeros((max(space.KERNEL_CHOICES) + 1,), np.int32)
-        for k, i in _KERNEL_INDEX.items():
-            self._k_lut[k] = i
-        self._e_lut = np.zeros((max(space.EXPAND_CHOICES) + 1,), np.int32)
-        for e, i in _EXPAND_INDEX.items():
-            self._e_lut[e] = i
 
     # -- host paths --------------------------------------------------------
 
@@ -336,17 +350,18 @@ class LookupTable:
         a = space.to_numpy(archs)
         r = np.atleast_1d(a.resolution)
         ok = np.isin(r, space.RESOLUTIONS)
-        ri = np.where(ok, self.res_index[np.clip((r - space.RESOLUTIONS[0]) // 4, 0, 24)], -1)
+        ri = np.where(ok, self.res_index[space.resolution_index(r)], -1)
         if np.any(ri < 0):
             bad = sorted(set(int(x) for x in r[ri < 0]))
             raise KeyError(f'LUT has no table for resolution(s) {bad}; it covers '
                            f'{self.resolutions}')
         kernel = np.asarray(a.kernel).reshape(-1, space.NUM_BLOCKS)
         expand = np.asarray(a.expand).reshape(-1, space.NUM_BLOCKS)
-        depth = np.asarray(a.depth).reshape(-1, space.NUM_STAGES)
-        active = (np.arange(space.MAX_DEPTH) < depth[:, :, None]).reshape(-1, space.NUM_BLOCKS)
+        active = space.active_blocks_np(np.asarray(a.depth).reshape(-1, space.NUM_STAGES))
         pos = np.arange(space.NUM_BLOCKS)
-        per_block = self.block_ms[ri[:, None], pos, self._k_lut[kernel], self._e_lut[expand]]
+        per_block = self.block_ms[ri[:, None], pos,
+                                  space.kernel_index(kernel),
+                                  space.expand_index(expand)]
         return self.fixed_ms[ri], np.where(active, per_block, 0.0)
 
     # -- dense jittable path -----------------------------------------------
@@ -361,13 +376,14 @@ class LookupTable:
         block = jnp.asarray(self.block_ms, jnp.float32)
         fixed = jnp.asarray(self.fixed_ms, jnp.float32)
         r = jnp.asarray(archs.resolution, jnp.int32)
-        slot = (r - space.RESOLUTIONS[0]) // 4
-        in_space = (slot >= 0) & (slot < len(space.RESOLUTIONS)) & (r % 4 == 0)
-        ri = jnp.asarray(self.res_index)[jnp.clip(slot, 0, len(space.RESOLUTIONS) - 1)]
+        slot = space.resolution_index(r)
+        in_space = jnp.asarray(space.RESOLUTIONS, jnp.int32)[slot] == r
+        ri = jnp.asarray(self.res_index)[slot]
         valid = in_space & (ri >= 0)
         ri = jnp.maximum(ri, 0)
-        ki = jnp.asarray(self._k_lut)[jnp.clip(jnp.asarray(archs.kernel), 0, self._k_lut.size - 1)]
-        ei = jnp.asarray(self._e_lut)[jnp.clip(jnp.asarray(archs.expand), 0, self._e_lut.size - 1)]
+        # Table gathers: this XLA program keeps the float32 sums' rounding.
+        ki = space.kernel_index(jnp.asarray(archs.kernel), gather=True)
+        ei = space.expand_index(jnp.asarray(archs.expand), gather=True)
         pos = jnp.arange(space.NUM_BLOCKS)
         per_block = block[ri[..., None], pos, ki, ei]
         active = space.active_blocks(jnp.asarray(archs.depth))
@@ -409,12 +425,16 @@ def load_lut(path_or_dir: str | os.PathLike,
             m = _FILE_RE.match(os.path.basename(f))
             if not m:
                 continue
-            tables[int(m.group(1))] = read_lut_yaml(f)
+            r = int(m.group(1))
+            entries = read_lut_yaml(f)
+            _check_resolutions(f, _resolutions_in(entries), expected=r)
+            tables[r] = entries
     elif os.path.exists(path):
         entries = read_lut_yaml(path)
         found = _resolutions_in(entries)
         if not found:
             raise ValueError(f'{path}: no "Conv-input:RxRx3-..." key, cannot tell the resolution')
+        _check_resolutions(path, found)
         for r in found:
             tables[r] = entries
     else:
@@ -425,7 +445,21 @@ def load_lut(path_or_dir: str | os.PathLike,
         if missing:
             raise KeyError(f'{path}: no table for resolution(s) {missing}; found {sorted(tables)}')
         tables = {r: tables[r] for r in wanted}
-    return LookupTable(tables, width=width, num_classes=num_classes)
+    try:
+        return LookupTable(tables, width=width, num_classes=num_classes)
+    except KeyError as err:  # A missing entry: say which file lacks it.
+        raise KeyError(f'{path}: {err.args[0]}') from None
+
+
+def _check_resolutions(path: str, found: list[int], expected: int | None = None) -> None:
+    """The resolutions of a file's ``Conv`` keys are in the space (and the file name's)."""
+    for r in found:
+        if r not in space.RESOLUTIONS:
+            raise ValueError(f'{path}: key "Conv-input:{r}x{r}x3-..." has resolution {r}; allowed: '
+                             f'multiples of 4 in [{space.RESOLUTIONS[0]}, {space.RESOLUTIONS[-1]}]')
+    if expected is not None and found != [expected]:
+        raise ValueError(f'{path}: the file name says resolution {expected}, its '
+                         f'"Conv-input:RxRx3-..." keys say {found or "none"}')
 
 
 def save_lut(directory: str | os.PathLike, table: LookupTable) -> list[str]:

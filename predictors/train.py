@@ -1,6 +1,6 @@
 """Training latency predictors with optax in one jit-compiled loop.
 
-``make_train(model, config, train_data, val_data)`` returns ``train(rng)``
+``make_train(model, TrainParams(...), train_data, val_data)`` returns ``train(rng)``
 (purejaxrl's pattern): the whole optimisation, minibatch sampling and early
 stopping run inside one ``lax.while_loop``, so ``jax.jit(jax.vmap(train))``
 trains an ensemble of K seeds at once (:func:`fit_ensemble`).
@@ -12,17 +12,18 @@ model) or ``standardize`` (z-score of the latency in ms).
 
 The 2101.00732 setup, as far as the paper and code tell: Adam, MSE loss, the
 MLP on the one-hot input, 70/15/15 split. Learning rate, batch size and epochs
-here are ours (``experiments/configs/fit_predictor.py``).
+are ours (:class:`TrainParams`, whose fields the experiment configs take over).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+import math
+import numbers
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -71,27 +72,104 @@ def fit_target_norm(kind: str, y_ms: np.ndarray) -> TargetNorm:
     raise ValueError(f'target: unknown kind {kind!r}; allowed: {", ".join(TARGET_KINDS)}')
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Optimiser and early-stopping settings (all overridable)."""
-    return ml_collections.ConfigDict(
-        dict(
-            learning_rate=1e-3,
-            weight_decay=0.0,
-            batch_size=256,
-            max_steps=20000,
-            eval_every=100,
-            patience=20,  # in evaluations
-            lr_decay=True,  # cosine decay over max_steps
-            loss='mse',  # LOSSES; early stopping uses the same loss on the validation rows
-            # Where 'huber' turns from squared to linear (normalised units).
-            huber_delta=DEFAULT_HUBER_DELTA,
-        ))
+def _is_number(value: Any) -> bool:
+    """A real number that is finite (bools and strings are not numbers here)."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real) and
+            math.isfinite(value))
 
 
-def loss_options(config: ml_collections.ConfigDict) -> tuple[str, float]:
-    """(loss, huber_delta) of a training config; older configs without the fields get
-    the paper's ``mse`` and :data:`DEFAULT_HUBER_DELTA`."""
-    return config.get('loss', 'mse'), float(config.get('huber_delta', DEFAULT_HUBER_DELTA))
+def _real(name: str, value: Any, *, low: float, strict: bool) -> float:
+    """``value`` as a float > ``low`` (``strict``) or >= ``low``, or a ValueError naming the
+    field, the value and the range."""
+    if not (_is_number(value) and (value > low if strict else value >= low)):
+        raise ValueError(f'{name}: {value!r}; allowed: a finite number {">" if strict else ">="} '
+                         f'{low:g}')
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    """``value`` as an int >= 1 (an integral float is accepted), or a ValueError."""
+    if not (_is_number(value) and value >= 1 and value == int(value)):
+        raise ValueError(f'{name}: {value!r}; allowed: an integer >= 1')
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """Optimiser and early-stopping settings of :func:`make_train`: their one home.
+
+    The experiment configs take their training fields (names and defaults)
+    from ``dataclasses.asdict(TrainParams())``. Values are checked and
+    normalised (``int``/``float``/``bool``) on construction; a bad one raises
+    ValueError naming the field, the value and what is allowed.
+
+    Attributes:
+      learning_rate: Adam step size (> 0); the peak of the cosine decay.
+      weight_decay: decoupled weight decay (AdamW) when > 0; 0 uses plain Adam.
+      batch_size: minibatch rows (capped at the number of training rows).
+      max_steps: SGD steps at most (also the cosine decay's horizon).
+      eval_every: SGD steps between two validation evaluations.
+      patience: evaluations without improvement before early stopping.
+      lr_decay: cosine decay of the learning rate over ``max_steps`` (to 1%).
+      loss: ``LOSSES``; early stopping uses the same loss on the validation rows.
+      huber_delta: where ``'huber'`` turns from squared to linear (normalised
+        target units).
+    """
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_steps: int = 20000
+    eval_every: int = 100
+    patience: int = 20
+    lr_decay: bool = True
+    loss: str = 'mse'
+    huber_delta: float = DEFAULT_HUBER_DELTA
+
+    def __post_init__(self):
+        values = dict(learning_rate=_real('learning_rate', self.learning_rate, low=0, strict=True),
+                      weight_decay=_real('weight_decay', self.weight_decay, low=0, strict=False),
+                      batch_size=_count('batch_size', self.batch_size),
+                      max_steps=_count('max_steps', self.max_steps),
+                      eval_every=_count('eval_every', self.eval_every),
+                      patience=_count('patience', self.patience))
+        if not isinstance(self.lr_decay, (bool, np.bool_)):
+            raise ValueError(f'lr_decay: {self.lr_decay!r}; allowed: True, False')
+        values['lr_decay'] = bool(self.lr_decay)
+        if not isinstance(self.loss, str) or self.loss not in LOSSES:
+            raise ValueError(f'loss: {self.loss!r}; allowed: {", ".join(LOSSES)}')
+        values['huber_delta'] = _real('huber_delta', self.huber_delta, low=0, strict=True)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # Frozen: normalised once, here.
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> TrainParams:
+        """The known fields of a dict, ``ConfigDict`` or any mapping (other keys are ignored).
+
+        Missing fields keep their defaults, so an older config without ``loss``
+        or ``huber_delta`` trains with the paper's ``mse``.
+        """
+        if isinstance(mapping, TrainParams):
+            return mapping
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: mapping[name] for name in names if name in mapping})
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{field: value}``, e.g. to store with a predictor or to build a config from."""
+        return dataclasses.asdict(self)
+
+
+# What :func:`make_train` and ``fit.fit_predictor`` accept as training settings
+# (a mapping, ``ml_collections.ConfigDict`` included, goes through ``from_mapping``).
+TrainParamsLike = TrainParams | Mapping[str, Any]
+
+
+def as_train_params(config: TrainParamsLike | Any | None) -> TrainParams:
+    """``config`` as :class:`TrainParams`: itself, ``from_mapping`` of a mapping, or the defaults
+    for ``None``."""
+    if config is None:
+        return TrainParams()
+    return TrainParams.from_mapping(config)
 
 
 LossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -129,12 +207,35 @@ class TrainResult(NamedTuple):
     final_train_loss: jnp.ndarray
 
 
+class StepCarry(NamedTuple):
+    """Carry of the inner ``lax.fori_loop`` over the SGD steps of one evaluation period."""
+
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    loss: jnp.ndarray  # minibatch loss of the latest step
+
+
+class TrainCarry(NamedTuple):
+    """Carry of the training ``lax.while_loop``: one iteration is one evaluation period."""
+
+    step: jnp.ndarray  # int32: SGD steps done
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    best_params: Any  # the parameters of the best validation loss so far
+    bad_evals: jnp.ndarray  # int32: evaluations since the last improvement
+    best_val: jnp.ndarray
+    best_step: jnp.ndarray  # int32: the step of best_params
+    last_loss: jnp.ndarray  # minibatch loss of the latest SGD step
+
+
 def _take(tree, idx):
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
 def make_train(model,
-               config: ml_collections.ConfigDict,
+               config: TrainParamsLike | None,
                train_data: tuple[dict, jnp.ndarray],
                val_data: tuple[dict, jnp.ndarray] | None = None,
                *,
@@ -145,7 +246,8 @@ def make_train(model,
 
     Args:
       model: a Flax module mapping an input dict to normalised targets.
-      config: see :func:`default_config`.
+      config: :class:`TrainParams` (a mapping or ``ConfigDict`` is converted
+        with :meth:`TrainParams.from_mapping`; ``None``: the defaults).
       train_data: (inputs dict with leading N axis, normalised targets [N]).
       val_data: same for early stopping; ``None`` uses the training data
         (few-shot fine-tuning) and effectively trains ``max_steps``.
@@ -155,20 +257,20 @@ def make_train(model,
       anchor_weight: L2 pull toward ``init_params`` (fine-tuning regularised
         toward the base model); 0 disables it.
     """
+    hp = as_train_params(config)
     x_tr, y_tr = train_data
     x_va, y_va = val_data if val_data is not None else train_data
     n = int(y_tr.shape[0])
-    bs = int(min(config.batch_size, n))
-    max_steps, eval_every = int(config.max_steps), int(config.eval_every)
-    patience = int(config.patience) if val_data is not None else max_steps
-    if config.lr_decay:
-        lr = optax.cosine_decay_schedule(config.learning_rate, max_steps, alpha=0.01)
+    bs = min(hp.batch_size, n)
+    max_steps, eval_every = hp.max_steps, hp.eval_every
+    patience = hp.patience if val_data is not None else max_steps
+    if hp.lr_decay:
+        lr = optax.cosine_decay_schedule(hp.learning_rate, max_steps, alpha=0.01)
     else:
-        lr = config.learning_rate
-    opt = optax.adamw(lr,
-                      weight_decay=config.weight_decay) if config.weight_decay else optax.adam(lr)
+        lr = hp.learning_rate
+    opt = optax.adamw(lr, weight_decay=hp.weight_decay) if hp.weight_decay else optax.adam(lr)
     base = init_params
-    data_loss = loss_function(*loss_options(config))
+    data_loss = loss_function(hp.loss, hp.huber_delta)
 
     def label_fn(params):
         return jax.tree_util.tree_map_with_path(
@@ -188,41 +290,54 @@ def make_train(model,
     def val_loss(params):
         return data_loss(model.apply(params, x_va), y_va)
 
+    def sgd_step(_, c: StepCarry) -> StepCarry:
+        rng, k = jax.random.split(c.rng)
+        idx = jax.random.randint(k, (bs,), 0, n)
+        loss, grads = jax.value_and_grad(loss_fn)(c.params, _take(x_tr, idx), y_tr[idx])
+        updates, opt_state = opt.update(grads, c.opt_state, c.params)
+        return StepCarry(optax.apply_updates(c.params, updates), opt_state, rng, loss)
+
+    def cond(c: TrainCarry) -> jnp.ndarray:
+        return (c.step < max_steps) & (c.bad_evals < patience)
+
+    def body(c: TrainCarry) -> TrainCarry:
+        params, opt_state, rng, loss = jax.lax.fori_loop(
+            0, eval_every, sgd_step, StepCarry(c.params, c.opt_state, c.rng, 0.0))
+        step = c.step + eval_every
+        v = val_loss(params)
+        better = v < c.best_val
+        return TrainCarry(step=step,
+                          params=params,
+                          opt_state=opt_state,
+                          rng=rng,
+                          best_params=jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b),
+                                                             params, c.best_params),
+                          bad_evals=jnp.where(better, 0, c.bad_evals + 1),
+                          best_val=jnp.where(better, v, c.best_val),
+                          best_step=jnp.where(better, step, c.best_step),
+                          last_loss=loss)
+
     def train(rng: jax.Array) -> TrainResult:
         rng, init_rng = jax.random.split(rng)
         params = base if base is not None else model.init(init_rng, _take(x_tr, slice(0, 1)))
         opt_state = opt.init(params)
         first = data_loss(model.apply(params, x_tr), y_tr)
-
-        def sgd_step(_, carry):
-            params, opt_state, rng, _ = carry
-            rng, k = jax.random.split(rng)
-            idx = jax.random.randint(k, (bs,), 0, n)
-            loss, grads = jax.value_and_grad(loss_fn)(params, _take(x_tr, idx), y_tr[idx])
-            updates, opt_state = opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, rng, loss
-
-        def cond(state):
-            step, since_best = state[0], state[5]
-            return (step < max_steps) & (since_best < patience)
-
-        def body(state):
-            step, params, opt_state, rng, best, since_best, best_val, best_step, _ = state
-            params, opt_state, rng, loss = jax.lax.fori_loop(0, eval_every, sgd_step,
-                                                             (params, opt_state, rng, 0.0))
-            step = step + eval_every
-            v = val_loss(params)
-            better = v < best_val
-            best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), params, best)
-            return (step, params, opt_state, rng, best, jnp.where(better, 0, since_best + 1),
-                    jnp.where(better, v, best_val), jnp.where(better, step, best_step), loss)
-
-        init_val = val_loss(params)
-        state = (jnp.int32(0), params, opt_state, rng, params, jnp.int32(0), init_val, jnp.int32(0),
-                 first)
-        state = jax.lax.while_loop(cond, body, state)
-        steps, _, _, _, best, _, best_val, best_step, last = state
-        return TrainResult(best, best_val, best_step, steps, first, last)
+        carry = TrainCarry(step=jnp.int32(0),
+                           params=params,
+                           opt_state=opt_state,
+                           rng=rng,
+                           best_params=params,
+                           bad_evals=jnp.int32(0),
+                           best_val=val_loss(params),
+                           best_step=jnp.int32(0),
+                           last_loss=first)
+        carry = jax.lax.while_loop(cond, body, carry)
+        return TrainResult(params=carry.best_params,
+                           best_val=carry.best_val,
+                           best_step=carry.best_step,
+                           steps=carry.step,
+                           first_train_loss=first,
+                           final_train_loss=carry.last_loss)
 
     return train
 

@@ -29,7 +29,7 @@ draws of k shots adapt in one compiled call.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,20 @@ STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'he
               'help_finetune', 'stack_affine', 'stack_refs', 'blend_refs')
 
 
+class StackCalibration(NamedTuple):
+    """What :func:`stack_fit` returns: ``log y = weights . log p + offset``."""
+
+    weights: np.ndarray  # float[S], one per base predictor
+    offset: float
+
+
+class AffineCalibration(NamedTuple):
+    """What :func:`affine_fit` returns: ``log y = scale log p + offset``."""
+
+    scale: float
+    offset: float
+
+
 def draw_shots(rng: np.random.Generator, allowed: np.ndarray, k: int) -> np.ndarray:
     """``k`` distinct row indices drawn from ``allowed`` (never anything else)."""
     allowed = np.asarray(allowed)
@@ -58,7 +72,7 @@ def stack_fit(pred_ms: np.ndarray,
               *,
               ridge: float = 1.0,
               huber_delta: float = 0.0,
-              iterations: int = 50) -> tuple[np.ndarray, float]:
+              iterations: int = 50) -> StackCalibration:
     """(w float[S], b) minimising sum rho(log y - w . log p - b) + ridge |w - 1/S|^2.
 
     ``rho`` is the square, or with ``huber_delta > 0`` the Huber function
@@ -74,8 +88,9 @@ def stack_fit(pred_ms: np.ndarray,
       iterations: reweighting rounds (Huber only).
 
     Returns:
-      The weights and the offset; with 0 shots (1/S, 0) (the geometric mean of
-      the bases), with 1 or 2 only the offset is fit.
+      The weights and the offset (a :class:`StackCalibration`, unpacks as
+      ``w, b``); with 0 shots (1/S, 0) (the geometric mean of the bases), with
+      1 or 2 only the offset is fit.
     """
     if huber_delta < 0:
         raise ValueError(f'huber_delta: {huber_delta}; allowed: >= 0 (0: least squares)')
@@ -85,9 +100,9 @@ def stack_fit(pred_ms: np.ndarray,
     num_bases, k = lp.shape
     w0 = np.full(num_bases, 1.0 / num_bases)
     if k == 0:
-        return w0, 0.0
+        return StackCalibration(w0, 0.0)
     if k < 3:
-        return w0, float(np.mean(ly - w0 @ lp))
+        return StackCalibration(w0, float(np.mean(ly - w0 @ lp)))
     weight = np.ones(k)
     for _ in range(iterations if huber_delta else 1):
         # Weighted least squares, the weights rescaled to sum to k so that the
@@ -103,7 +118,7 @@ def stack_fit(pred_ms: np.ndarray,
         if np.allclose(new, weight, rtol=0, atol=1e-9):
             break
         weight = new
-    return w, b
+    return StackCalibration(w, b)
 
 
 def stack_apply(pred_ms, w: np.ndarray, b: float) -> np.ndarray:
@@ -116,14 +131,15 @@ def affine_fit(pred_ms: np.ndarray,
                true_ms: np.ndarray,
                *,
                ridge: float = 1.0,
-               huber_delta: float = 0.0) -> tuple[float, float]:
+               huber_delta: float = 0.0) -> AffineCalibration:
     """(a, b) minimising sum rho(log y - a log p - b) + ridge (a - 1)^2.
 
     :func:`stack_fit` with one base (``huber_delta`` as there). With 0 shots
-    returns (1, 0); with 1 or 2 only the offset b is fit.
+    returns (1, 0); with 1 or 2 only the offset b is fit. The result is an
+    :class:`AffineCalibration` (unpacks as ``a, b``).
     """
     w, b = stack_fit(np.reshape(pred_ms, (1, -1)), true_ms, ridge=ridge, huber_delta=huber_delta)
-    return float(w[0]), b
+    return AffineCalibration(float(w[0]), b)
 
 
 def affine_apply(pred_ms, a: float, b: float):

@@ -1,4 +1,4 @@
-"""Tests of the measurement campaign and its command line (experiments/measure_latency.py)."""
+"""Tests of the measurement job and its command line (experiments/measure_latency.py)."""
 
 import os
 import signal
@@ -11,7 +11,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from ofa_jax import csvio
-from ofa_jax.latency import campaign
+from experiments import config_fields as cf
+from experiments.jobs import measure_latency as campaign
+from ofa_jax import progress as progress_lib
+from ofa_jax.latency import gauges
 from ofa_jax.latency import store as store_lib
 from experiments.configs import measure_latency as config_lib
 
@@ -58,14 +61,17 @@ class ConfigTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
         ('bad_resolution', {
-            'resolutions': '128,130'
+            'resolutions': (128, 130)
         }, 'resolutions'),
         ('not_a_number', {
-            'resolutions': '128,abc'
+            'resolutions': ('128,abc',)
         }, 'resolutions'),
         ('bad_batch', {
-            'batch_sizes': '0'
+            'batch_sizes': (0,)
         }, 'batch_sizes'),
+        ('bad_affinity', {
+            'cpu_affinity': '0,99'
+        }, 'cpu_affinity'),
         ('bad_shard', {
             'shard_index': 2,
             'num_shards': 2
@@ -93,11 +99,11 @@ class ConfigTest(parameterized.TestCase):
         with self.assertRaisesRegex(campaign.ConfigError, 'bad.sqlite'):
             campaign.run(self._config(store=bad, microbenchmarks=False), workdir)
 
-    def test_parse_int_list(self):
-        self.assertEqual(campaign.parse_int_list('resolutions', '128, 160,128', (128, 160)),
-                         (128, 160))
-        self.assertEqual(campaign.parse_int_list('batch_sizes', 4), (4,))
-        self.assertEqual(campaign.parse_int_list('resolutions', '128-140', range(128, 225, 4)),
+    def test_int_tuple(self):
+        self.assertEqual(cf.int_tuple('resolutions', '128, 160,128', (128, 160)), (128, 160))
+        self.assertEqual(cf.int_tuple('batch_sizes', 4), (4,))
+        self.assertEqual(cf.int_tuple('batch_sizes', ('1,2',)), (1, 2))  # From the CLI.
+        self.assertEqual(cf.int_tuple('resolutions', '128-140', range(128, 225, 4)),
                          (128, 132, 136, 140))
 
     def test_cli_bad_config_exits_2_without_traceback(self):
@@ -124,10 +130,10 @@ class ProgressTest(absltest.TestCase):
         import io
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            bar = campaign.Progress(1000, time_budget_s=60.0)
+            bar = progress_lib.Progress(1000, time_budget_s=60.0)
             bar.start -= 6.0  # One item took 6 s: 999 more would take ~100 min.
             bar.update('x')
-            open_ended = campaign.Progress(1000)
+            open_ended = progress_lib.Progress(1000)
             open_ended.start -= 6.0
             open_ended.update('y')
         budgeted, plain = err.getvalue().splitlines()
@@ -142,7 +148,7 @@ class DriftTest(absltest.TestCase):
         workdir = self.create_tempdir().full_path
         c = config_lib.get_config()
         c.num_archs = 1
-        c.resolutions = '128'
+        c.resolutions = (128,)
         c.num_classes = 10
         c.microbenchmarks = False
         c.progress = False
@@ -168,7 +174,7 @@ class PairedTest(absltest.TestCase):
         workdir = self.create_tempdir().full_path
         c = config_lib.get_config()
         c.num_archs = 2
-        c.resolutions = '128'
+        c.resolutions = (128,)
         c.num_classes = 10
         c.microbenchmarks = False
         c.progress = False
@@ -189,14 +195,14 @@ class PairedTest(absltest.TestCase):
             self.assertIn('speed', row.stats)
             self.assertIn('raw_median', row.stats)
         # Another process (here: another call) reuses the stored baseline.
-        gauge = campaign.open_gauge(store,
-                                    summary['fingerprint_id'],
-                                    batch=1,
-                                    dtype='float32',
-                                    device=None,
-                                    width=1.2,
-                                    num_classes=10,
-                                    depthwise=rows[0].key.depthwise)
+        gauge = gauges.open_gauge(store,
+                                  summary['fingerprint_id'],
+                                  batch=1,
+                                  dtype='float32',
+                                  device=None,
+                                  width=1.2,
+                                  num_classes=10,
+                                  depthwise=rows[0].key.depthwise)
         self.assertEqual(gauge.baseline_ms, baseline)
         store.close()
 

@@ -48,6 +48,16 @@ class CsvTest(absltest.TestCase):
                 csvio.read_ofa_csv(path)
             self.assertIn(path + fragment, str(ctx.exception))
 
+    def test_byte_order_mark_and_bad_bytes(self):
+        path = os.path.join(self.create_tempdir().full_path, 'bom.csv')
+        with open(path, 'wb') as f:
+            f.write(b'\xef\xbb\xbfchild_arch,latency\n' + ROW.encode() + b',1.5\n')
+        self.assertLen(csvio.read_ofa_csv(path), 1)
+        with open(path, 'ab') as f:
+            f.write(b'\x80\x81,2\n')
+        with self.assertRaisesRegex(ValueError, '^' + path + ':3: not UTF-8 text'):
+            csvio.read_ofa_csv(path)
+
     def test_reads_public_file_when_present(self):
         path = os.path.join(EXTERNAL, 'ofanas_ofa_w1.0', 'RTX_2080_Ti_GPU_ofa.csv')
         if not os.path.exists(path):

@@ -11,6 +11,7 @@ import numpy as np
 from ofa_jax import csvio
 from ofa_jax import external_data
 from ofa_jax import space
+from ofa_jax import spec
 from predictors import lut
 
 _EXTERNAL = external_data.root()
@@ -56,6 +57,25 @@ class KeyTest(parameterized.TestCase):
         self.assertIn(
             'expanded_conv-input:14x14x80-output:14x14x112-expand:480-kernel:7-stride:1-'
             'idskip:0-se:1-hs:1', keys)
+
+    @parameterized.parameters(1.0, 1.2)
+    def test_all_keys_cover_every_walked_arch(self, width):
+        # all_keys comes from spec.position_blocks, layer_keys from the block walk.
+        res = (128, 164, 224)
+        keys = {r: set(lut.all_keys(r, width)) for r in res}
+        archs = space.sample_np(np.random.default_rng(5), 200, resolutions=res)
+        for a in space.unstack(archs):
+            self.assertLessEqual(set(lut.layer_keys(a, width)), keys[int(a.resolution)])
+
+    def test_position_block_lives_in_spec(self):
+        self.assertIs(lut.position_block, spec.position_block)
+        net = spec.net_spec(1.2)
+        self.assertEqual(
+            lut.block_key(lut.position_block(net, 224, 12, 7, 4)),
+            'expanded_conv-input:14x14x96-output:14x14x136-expand:384-kernel:7-'
+            'stride:1-idskip:0-se:1-hs:1')
+        with self.assertRaisesRegex(ValueError, 'kernel: value 4'):
+            lut.position_block(net, 128, 0, 4, 3)
 
     @parameterized.parameters(128, 224)
     def test_all_keys_count(self, r):
@@ -148,7 +168,7 @@ class TableTest(parameterized.TestCase):
 class BuilderTest(absltest.TestCase):
 
     def test_layer_modules_cover_every_key_with_matching_shapes(self):
-        from ofa_jax.latency import lut_builder
+        from predictors import lut_builder
         mods = lut_builder.layer_modules(128, 1.2, 10)
         self.assertEqual(sorted(mods), lut.all_keys(128, 1.2, 10))
         for key, (module, shape) in list(mods.items())[::7] + list(mods.items())[-4:]:
@@ -163,7 +183,7 @@ class BuilderTest(absltest.TestCase):
                 tuple(int(w) for w in want), key)
 
     def test_build_two_layers_and_resume(self):
-        from ofa_jax.latency import lut_builder
+        from predictors import lut_builder
         from ofa_jax.latency import measure
         cache = os.path.join(self.create_tempdir().full_path, 'cache.jsonl')
         keys = lut.all_keys(128, 1.2, 10)

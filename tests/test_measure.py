@@ -138,7 +138,7 @@ class MeasureTest(absltest.TestCase):
                                     cost={})
         gauge = measure.Gauge(compiled=compiled, baseline_ms=10.0, arch_key='fake')
         p = measure.Protocol(warmup=0, repeats=12, min_time=0.0, number=1, paired=True)
-        stats, samples, _, _ = measure.time_executable(target, (), p, gauge)
+        stats, samples, _, _ = measure.time_executable(target, (), p, gauge)  # A Timing unpacks.
         self.assertLen(samples, 12)
         self.assertAlmostEqual(stats['latency'], 5.0, delta=1.0)
         self.assertGreater(stats['raw_median'], 8.0)  # Half the raw samples are 3x slower.

@@ -7,14 +7,15 @@ import os
 from absl.testing import absltest
 import numpy as np
 
+from experiments import report
 from experiments.configs import fit_predictor as fit_config
+from experiments.jobs import fit_predictor as experiment_fit
+from experiments.jobs import main as main_job
 from ofa_jax import csvio
 from ofa_jax import external_data
-from ofa_jax import pipeline
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
-from predictors import experiment_fit
 from predictors import xla_cost
 
 EXTERNAL = external_data.root()
@@ -23,7 +24,7 @@ EXTERNAL = external_data.root()
 class FitExperimentTest(absltest.TestCase):
 
     def test_split_is_file_order(self):
-        tr, va, te = experiment_fit.split_indices(20, '0.7,0.15,0.15')
+        tr, va, te = experiment_fit.split_indices(20, (0.7, 0.15, 0.15))
         np.testing.assert_array_equal(np.concatenate([tr, va, te]), np.arange(20))
         self.assertEqual((len(tr), len(va), len(te)), (14, 3, 3))
         with self.assertRaisesRegex(ValueError, 'split'):
@@ -117,7 +118,7 @@ class FitExperimentTest(absltest.TestCase):
         plain = checkpoint.load(os.path.join(folder, 'none', 'checkpoint'))
         self.assertEqual(plain.offset_ms, 0.0)
         cfg.update(model='lut', lut=folder)
-        with self.assertRaisesRegex(experiment_fit.ConfigError, '^drift: '):
+        with self.assertRaisesRegex(experiment_fit.ConfigError, '^config.drift: '):
             experiment_fit.run(cfg, folder)
 
     def test_last_level_finds_the_latest_shift_only_when_there_is_one(self):
@@ -213,17 +214,16 @@ class FitExperimentTest(absltest.TestCase):
         keys = list(rows)
         lat = np.array([rows[k].latency_ms for k in keys])
         tr, te = np.arange(30), np.arange(30, 40)
-        estimate = pipeline._xla_cost_estimator  # pylint: disable=protected-access
-        est = estimate(rows, keys, lat, tr, te)
-        self.assertIsNone(est['latency_path'])  # never searched
-        self.assertLess(est['metrics']['rmse_ms'], 1e-6)
-        self.assertEqual(est['measurements'], 30)
-        np.testing.assert_allclose(est['pred'], lat[te])
+        estimate = main_job.xla_cost_estimator
+        est, pred = estimate(rows, keys, lat, tr, te)
+        self.assertIsNone(est.latency_path)  # never searched
+        self.assertLess(est.metrics['rmse_ms'], 1e-6)
+        self.assertEqual(est.measurements, 30)
+        np.testing.assert_allclose(pred, lat[te])
         rows[keys[3]] = dataclasses.replace(rows[keys[3]], cost={})
         self.assertIsNone(estimate(rows, keys, lat, tr, te))
 
     def test_main_job_breakdown_adds_up_per_estimator(self):
-        from ofa_jax import report
         from predictors import features
         from predictors import fit
         from predictors import lut as lut_lib
@@ -240,8 +240,7 @@ class FitExperimentTest(absltest.TestCase):
             width=1.2)
         lut_lib.save_lut(os.path.join(folder, 'lut'), table)
         lat = table.predict_np(archs)
-        cfg = train_lib.default_config()
-        cfg.update(dict(max_steps=20, eval_every=10, patience=2, batch_size=32))
+        cfg = train_lib.TrainParams(max_steps=20, eval_every=10, patience=2, batch_size=32)
         paths = {'lut': os.path.join(folder, 'lut')}
         fspec = features.fit_feature_spec(archs[:60])
         for model in ('additive', 'mlp'):
@@ -249,15 +248,15 @@ class FitExperimentTest(absltest.TestCase):
             paths[model] = os.path.join(folder, model)
             checkpoint.save(pred, paths[model])
         test = archs[60:]
-        out = pipeline.latency_breakdown(paths, test, lat[60:], 1.2)
+        out = main_job.latency_breakdown(paths, test, lat[60:], 1.2)
         self.assertEqual(list(out['mean_ms']), ['lut', 'additive'])  # the MLP has no parts
-        self.assertLen(out['mean_ms']['lut'], len(pipeline.BREAKDOWN_PARTS))
+        self.assertLen(out['mean_ms']['lut'], len(main_job.BREAKDOWN_PARTS))
         self.assertAlmostEqual(sum(out['mean_ms']['lut']), lat[60:].mean(), places=9)
         self.assertEqual(out['mean_ms']['lut'][-1], 0.0)  # a table has no residual
         additive = np.asarray(checkpoint.load(paths['additive'])(test))
         self.assertAlmostEqual(sum(out['mean_ms']['additive']), additive.mean(), places=4)
         self.assertAlmostEqual(out['measured_mean_ms'], lat[60:].mean())
-        lines = report._breakdown_lines({  # pylint: disable=protected-access
+        lines = report.breakdown_lines({
             'breakdown': out,
             'estimators': {
                 'lut': {
@@ -270,7 +269,7 @@ class FitExperimentTest(absltest.TestCase):
         })
         self.assertIn('| part | LUT | ours |', lines)
         self.assertIn(f'**{sum(out["mean_ms"]["lut"]):.3f}**', '\n'.join(lines))
-        self.assertEqual(report._breakdown_lines({}), [])  # pylint: disable=protected-access
+        self.assertEqual(report.breakdown_lines({}), [])
 
     def test_bad_model(self):
         cfg = fit_config.get_config()

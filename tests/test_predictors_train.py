@@ -1,13 +1,18 @@
 """Training, ensembles and save/load of latency predictors on tiny synthetic data."""
 
+import dataclasses
 import os
+import subprocess
+import sys
 from unittest import mock
 
 from absl.testing import absltest
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from ofa_jax import space
 from predictors import checkpoint
@@ -33,13 +38,182 @@ def synthetic(n, seed=0, resolutions=(160, 192, 224)):
 
 
 def small_config(**kw):
-    cfg = train_lib.default_config()
-    cfg.update(dict(max_steps=400, eval_every=50, patience=4, batch_size=64))
-    cfg.update(kw)
-    return cfg
+    return dataclasses.replace(
+        train_lib.TrainParams(max_steps=400, eval_every=50, patience=4, batch_size=64), **kw)
+
+
+def reference_train(model, hp, train_data, val_data, rng):
+    """``make_train``'s algorithm (Adam, MSE, cosine decay, early stopping) written out
+    in Python, one jitted SGD step at a time: an independent path to compare with."""
+    (x_tr, y_tr), (x_va, y_va) = train_data, val_data
+    n = int(y_tr.shape[0])
+    bs = min(hp.batch_size, n)
+    opt = optax.adam(optax.cosine_decay_schedule(hp.learning_rate, hp.max_steps, alpha=0.01))
+    mse = lambda p, x, y: jnp.mean((model.apply(p, x) - y)**2)
+    take = lambda tree, idx: jax.tree_util.tree_map(lambda v: v[idx], tree)
+
+    @jax.jit
+    def step(params, opt_state, rng):
+        rng, k = jax.random.split(rng)
+        idx = jax.random.randint(k, (bs,), 0, n)
+        loss, grads = jax.value_and_grad(mse)(params, take(x_tr, idx), y_tr[idx])
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, rng, loss
+
+    rng, init_rng = jax.random.split(rng)
+    params = model.init(init_rng, take(x_tr, slice(0, 1)))
+    opt_state = opt.init(params)
+    best, best_val, best_step, bad, steps = params, float(mse(params, x_va, y_va)), 0, 0, 0
+    while steps < hp.max_steps and bad < hp.patience:
+        for _ in range(hp.eval_every):
+            params, opt_state, rng, loss = step(params, opt_state, rng)
+        steps += hp.eval_every
+        val = float(mse(params, x_va, y_va))
+        if val < best_val:
+            best, best_val, best_step, bad = params, val, steps, 0
+        else:
+            bad += 1
+    return best, best_val, best_step, steps, float(loss)
+
+
+class TrainParamsTest(absltest.TestCase):
+
+    def test_defaults_and_to_dict(self):
+        hp = train_lib.TrainParams()
+        expected = dict(learning_rate=1e-3,
+                        weight_decay=0.0,
+                        batch_size=256,
+                        max_steps=20000,
+                        eval_every=100,
+                        patience=20,
+                        lr_decay=True,
+                        loss='mse',
+                        huber_delta=train_lib.DEFAULT_HUBER_DELTA)
+        # The experiment configs build their fields from asdict: names and order matter.
+        self.assertEqual(list(hp.to_dict().items()), list(expected.items()))
+        self.assertEqual(dataclasses.asdict(hp), expected)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            hp.learning_rate = 1.0  # pytype: disable=attribute-error
+        self.assertEqual(hash(hp), hash(train_lib.TrainParams()))
+
+    def test_values_are_normalised(self):
+        hp = train_lib.TrainParams(learning_rate=1,
+                                   batch_size=64.0,
+                                   max_steps=np.int64(10),
+                                   lr_decay=np.bool_(False))
+        self.assertIs(type(hp.learning_rate), float)
+        self.assertIs(type(hp.batch_size), int)
+        self.assertIs(type(hp.max_steps), int)
+        self.assertIs(hp.lr_decay, False)
+        self.assertEqual((hp.batch_size, hp.max_steps), (64, 10))
+
+    def test_each_bad_field_is_named(self):
+        bad = [('learning_rate', 0.0, '> 0'), ('learning_rate', -1e-3, '> 0'),
+               ('learning_rate', float('nan'), 'finite'), ('learning_rate', float('inf'), 'finite'),
+               ('learning_rate', '1e-3', 'number'), ('weight_decay', -0.1, '>= 0'),
+               ('weight_decay', float('nan'), '>= 0'), ('batch_size', 0, 'integer >= 1'),
+               ('batch_size', 2.5, 'integer >= 1'), ('batch_size', True, 'integer >= 1'),
+               ('max_steps', 0, 'integer >= 1'), ('max_steps', -5, 'integer >= 1'),
+               ('eval_every', 0, 'integer >= 1'), ('patience', 0, 'integer >= 1'),
+               ('patience', None, 'integer >= 1'), ('lr_decay', 'yes', 'True, False'),
+               ('loss', 'l3', 'mse, huber, relative_l1'), ('loss', None, 'mse, huber'),
+               ('huber_delta', 0.0, '> 0'), ('huber_delta', -0.05, '> 0')]
+        for field, value, allowed in bad:
+            with self.subTest(field=field, value=value):
+                with self.assertRaises(ValueError) as ctx:
+                    train_lib.TrainParams(**{field: value})
+                message = str(ctx.exception)
+                self.assertTrue(message.startswith(f'{field}: {value!r}; allowed: '), message)
+                self.assertIn(allowed, message)
+                # The same through a mapping (as from an experiment config).
+                with self.assertRaisesRegex(ValueError, f'^{field}: '):
+                    train_lib.TrainParams.from_mapping({field: value})
+
+    def test_from_mapping_ignores_unknown_keys(self):
+        hp = train_lib.TrainParams.from_mapping({
+            'max_steps': 30,
+            'loss': 'huber',
+            'data': 'x.csv',  # experiment fields: not ours
+            'seed': 3,
+        })
+        self.assertEqual(hp, train_lib.TrainParams(max_steps=30, loss='huber'))
+        cfg = ml_collections.ConfigDict(dict(model='mlp', batch_size=32, lr_decay=False, members=4))
+        self.assertEqual(train_lib.TrainParams.from_mapping(cfg),
+                         train_lib.TrainParams(batch_size=32, lr_decay=False))
+        # An old config without loss fields gets the paper's mse.
+        self.assertEqual(train_lib.TrainParams.from_mapping({}), train_lib.TrainParams())
+        hp = train_lib.TrainParams(patience=3)
+        self.assertIs(train_lib.TrainParams.from_mapping(hp), hp)
+        self.assertIs(train_lib.as_train_params(hp), hp)
+        self.assertEqual(train_lib.as_train_params(None), train_lib.TrainParams())
+        self.assertEqual(train_lib.TrainParams.from_mapping(hp.to_dict()), hp)
+
+    def test_predictors_need_no_ml_collections(self):
+        code = ('import sys; import predictors.train, predictors.fit, predictors.transfer; '
+                'print("ml_collections" in sys.modules)')
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run([sys.executable, '-c', code],
+                             capture_output=True,
+                             text=True,
+                             cwd=root,
+                             check=True)
+        self.assertEqual(out.stdout.strip(), 'False')
 
 
 class TrainTest(absltest.TestCase):
+
+    def _mlp_problem(self):
+        archs, lat, _, _ = synthetic(160, seed=7)
+        fspec = features.fit_feature_spec(archs[:120])
+        model = models.build_model('mlp', fspec=fspec, hidden=(16,))
+        norm = train_lib.fit_target_norm('standardize', lat[:120])
+        train_data = (fit.make_inputs(archs[:120], fspec), norm.encode(lat[:120]))
+        val_data = (fit.make_inputs(archs[120:], fspec), norm.encode(lat[120:]))
+        return model, train_data, val_data
+
+    def test_loop_matches_a_step_by_step_reference(self):
+        model, train_data, val_data = self._mlp_problem()
+        # A high rate overfits 120 rows: early stopping ends the run before max_steps.
+        hp = small_config(learning_rate=3e-2, max_steps=300, eval_every=10, patience=3)
+        got = jax.jit(train_lib.make_train(model, hp, train_data, val_data))(jax.random.PRNGKey(5))
+        best, best_val, best_step, steps, last = reference_train(model, hp, train_data, val_data,
+                                                                 jax.random.PRNGKey(5))
+        self.assertEqual((int(got.steps), int(got.best_step)), (steps, best_step))
+        self.assertLess(steps, hp.max_steps)
+        self.assertGreater(best_step, 0)
+        self.assertAlmostEqual(float(got.best_val), best_val, delta=1e-5 * abs(best_val))
+        self.assertAlmostEqual(float(got.final_train_loss), last, delta=1e-4 * abs(last))
+        chex.assert_trees_all_close(got.params, best, rtol=1e-4, atol=1e-6)
+
+    def test_runs_are_bit_identical_and_carry_is_named(self):
+        model, train_data, val_data = self._mlp_problem()
+        hp = small_config(max_steps=60, eval_every=20, weight_decay=1e-4, loss='huber')
+        carries = []
+        real_while_loop = jax.lax.while_loop
+
+        def spy(cond, body, init):
+            carries.append(init)
+            return real_while_loop(cond, body, init)
+
+        with mock.patch.object(jax.lax, 'while_loop', spy):
+            first = jax.jit(train_lib.make_train(model, hp, train_data,
+                                                 val_data))(jax.random.PRNGKey(1))
+        self.assertLen(carries, 1)
+        self.assertIsInstance(carries[0], train_lib.TrainCarry)
+        self.assertEqual(train_lib.TrainCarry._fields,
+                         ('step', 'params', 'opt_state', 'rng', 'best_params', 'bad_evals',
+                          'best_val', 'best_step', 'last_loss'))
+        # The same settings as a dict or a ConfigDict (with foreign keys): the same bits.
+        as_dict = {**hp.to_dict(), 'model': 'mlp'}
+        for config in (hp, as_dict, ml_collections.ConfigDict(as_dict)):
+            again = jax.jit(train_lib.make_train(model, config, train_data,
+                                                 val_data))(jax.random.PRNGKey(1))
+            chex.assert_trees_all_equal(again, first)
+        other = jax.jit(train_lib.make_train(model, hp, train_data,
+                                             val_data))(jax.random.PRNGKey(2))
+        self.assertFalse(
+            np.array_equal(other.params['params']['head']['kernel'],
+                           first.params['params']['head']['kernel']))
 
     def test_additive_recovers_costs(self):
         archs, lat, costs, _ = synthetic(600, resolutions=(176, 224))

@@ -9,9 +9,9 @@ from absl.testing import absltest
 import numpy as np
 
 from experiments.configs import transfer as transfer_config
+from experiments.jobs import transfer as experiment_transfer
 from ofa_jax import csvio
 from ofa_jax import space
-from predictors import experiment_transfer
 from predictors import transfer
 
 
@@ -36,19 +36,19 @@ def _write_devices(folder, n=120, poison_eval=False):
 
 def _config(paths, refs, strategies):
     cfg = transfer_config.get_config()
-    cfg.sources = ','.join(paths[:2])
+    cfg.sources = tuple(paths[:2])
     cfg.target = paths[2]
-    cfg.devices = ('2080ti_batch64.csv:2080ti,titan_rtx_batch64.csv:titan_rtx,'
+    cfg.devices = ('2080ti_batch64.csv:2080ti', 'titan_rtx_batch64.csv:titan_rtx',
                    'titan_xp_batch64.csv:titan_xp')
     cfg.reference_index = refs
-    cfg.shots = '0,5'
+    cfg.shots = (0, 5)
     cfg.seeds = 2
-    cfg.strategies = strategies
+    cfg.strategies = tuple(strategies.split(','))
     cfg.max_steps = 20
     cfg.eval_every = 10
     cfg.finetune_steps = 5
     cfg.full_finetune_steps = 5
-    cfg.context_hidden = '16'
+    cfg.context_hidden = (16,)
     return cfg
 
 
@@ -74,6 +74,9 @@ class TransferTest(absltest.TestCase):
         self.assertAlmostEqual(a, 1.0)
         self.assertAlmostEqual(b, np.log(3.0))
         self.assertEqual(transfer.affine_fit([], []), (1.0, 0.0))
+        cal = transfer.affine_fit(p, 3.0 * p, ridge=0.0)
+        self.assertIsInstance(cal, transfer.AffineCalibration)
+        self.assertEqual((cal.scale, cal.offset), (a, b))
 
     def test_stack_fit_picks_the_source_that_matches(self):
         rng = np.random.default_rng(0)
@@ -84,6 +87,10 @@ class TransferTest(absltest.TestCase):
         np.testing.assert_allclose(w, [0.9, 0.0], atol=1e-9)
         self.assertAlmostEqual(b, np.log(1.5))
         np.testing.assert_allclose(transfer.stack_apply(np.stack([good, bad]), w, b), target)
+        cal = transfer.stack_fit(np.stack([good, bad]), target, ridge=0.0)
+        self.assertIsInstance(cal, transfer.StackCalibration)
+        np.testing.assert_array_equal(cal.weights, w)
+        self.assertEqual(cal.offset, b)
         # Few shots: equal weights, only the offset; no shots: the geometric mean.
         w, b = transfer.stack_fit(np.stack([good[:2], bad[:2]]), target[:2])
         np.testing.assert_allclose(w, [0.5, 0.5])
@@ -117,9 +124,13 @@ class TransferTest(absltest.TestCase):
 
     def test_bad_calibration_config(self):
         paths, refs = _write_devices(self.create_tempdir().full_path, n=20)
-        for field, value, message in (('calibration_delta', -0.1, '^calibration_delta: -0.1'),
-                                      ('stack_ridge', -1.0, '^stack_ridge: -1.0'),
-                                      ('loss', 'l3', "^loss: 'l3'; allowed: mse, huber")):
+        # The job's ConfigError names the field as config.FIELD.
+        for field, value, message in (('calibration_delta', -0.1,
+                                       r'^config\.calibration_delta: -0.1'),
+                                      ('stack_ridge', -1.0, r'^config\.stack_ridge: -1.0'),
+                                      ('loss', 'l3', r"^config\.loss: 'l3'; allowed: mse, huber"),
+                                      ('patience', 0,
+                                       r'^config\.patience: 0; allowed: an integer')):
             cfg = _config(paths, refs, 'stack_refs')
             cfg[field] = value
             with self.assertRaisesRegex(experiment_transfer.ConfigError, message):

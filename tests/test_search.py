@@ -10,9 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import encoding, space
-from ofa_jax import external_data
 from ofa_jax import search
 from ofa_jax.search import evolution
+from ofa_jax.search import feasibility
+from ofa_jax.search import memory
+from ofa_jax.search import operators
+from ofa_jax.search import scoring
+from ofa_jax.search.state import FeasibleDraw
 
 _RNG = np.random.default_rng(0)
 # Synthetic additive estimators on OFA's one-hot encoding: every active block
@@ -71,9 +75,9 @@ class OperatorsTest(absltest.TestCase):
         @jax.jit
         def ops(key):
             k0, k1, k2 = jax.random.split(key, 3)
-            g = evolution.random_genomes(k0, 64, RES)
-            m = evolution.mutate(k1, g, 0.5, RES)
-            return g, m, evolution.crossover(k2, g, m), evolution.mutate(k1, g, 0.0, RES)
+            g = operators.random_genomes(k0, 64, RES)
+            m = operators.mutate(k1, g, 0.5, RES)
+            return g, m, operators.crossover(k2, g, m), operators.mutate(k1, g, 0.0, RES)
 
         g, m, c, same = ops(jax.random.key(0))
         for a in (g, m, c):
@@ -147,12 +151,82 @@ class EvolveTest(parameterized.TestCase):
             jax.debug.callback(lambda r: rows_seen.append(np.asarray(r).copy()), a.resolution)
             return objective(a)
 
-        got = jax.jit(lambda a, m: evolution.score_where(fn, a, m, 4, jnp.nan))(archs, mask)
+        got = jax.jit(lambda a, m: scoring.score_where(fn, a, m, 4, jnp.nan))(archs, mask)
         want = np.where(mask, np.asarray(objective(archs)), np.nan)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
         # Two chunks of 4 cover the 6 masked rows; the loop stops there.
         self.assertLen(rows_seen, 2)
         self.assertEqual([len(r) for r in rows_seen], [4, 4])
+
+    def test_true_first_is_a_stable_partition(self):
+        mask = np.array([0, 1, 1, 0, 1, 0, 0, 1], bool)
+        got = np.asarray(scoring.true_first(jnp.asarray(mask)))
+        np.testing.assert_array_equal(got, np.argsort(~mask, kind='stable'))
+
+    def test_check_where_scored_constraint_matches_plain(self):
+        archs = space.sample(jax.random.key(8), (40,), resolutions=RES)
+        mask = jnp.asarray(np.arange(40) % 3 == 1)
+        budget = float(np.median(np.asarray(latency(archs))))
+        plain = lambda a: latency(a) <= budget
+        split = scoring.ScoredConstraint(score=latency, accept=lambda ms, _: ms <= budget)
+        want = np.asarray(plain(space.canonicalize(archs))) & np.asarray(mask)
+        for cons in (plain, split):
+            got = jax.jit(lambda a, m: scoring.check_where(cons, a, m, 4))(archs, mask)
+            np.testing.assert_array_equal(np.asarray(got), want)
+
+    def test_initial_population_and_resampling_report_rows(self):
+        import dataclasses
+        params = dataclasses.replace(SMALL_PARAMS, init_rounds=5)
+        n = params.population_size
+        for budget, feasible in ((SMALLEST + 0.01, True), (SMALLEST - 1.0, False)):
+            draw = jax.jit(
+                lambda k, b: feasibility.initial_population(k, params, lambda a: latency(a) <= b))(
+                    jax.random.key(0), budget)
+            self.assertIsInstance(draw, FeasibleDraw)
+            self.assertEqual(bool(draw.feasible.all()), feasible)
+            rows = int(draw.constraint_rows)
+            self.assertEqual(rows % n, 0)
+            self.assertBetween(rows // n, 1, 5)
+            if not feasible:  # All rounds run, the last one the smallest sub-network.
+                self.assertEqual(rows, 5 * n)
+                chex.assert_trees_all_equal(space.canonicalize(draw.genomes),
+                                            space.canonicalize(operators.smallest_genomes(n, RES)))
+        # Nothing is feasible: every slot falls back, after max_tries draws.
+        fallback = operators.smallest_genomes(8, RES)
+        propose = lambda k, slots: operators.random_genomes(k, slots.shape[0], RES)
+        out = feasibility.resample_until_feasible(jax.random.key(1), propose, 8, fallback,
+                                                  jnp.ones(8, bool), lambda a: latency(a) < 0, 3, 2)
+        chex.assert_trees_all_equal(out.genomes, fallback)
+        self.assertTrue(bool(out.feasible.all()))
+        self.assertEqual(int(out.constraint_rows), 8 + 2 * 2)
+
+    def test_refine_reranks_final_parents(self):
+        parents = space.sample(jax.random.key(9), (6,), resolutions=RES)
+        fit = jnp.sort(objective(parents))[::-1]
+        state = search.EvoState(parents=parents,
+                                fitness=fit,
+                                feasible=jnp.ones(6, bool),
+                                generation=jnp.int32(1),
+                                memory=memory.empty_memory(0),
+                                evaluations=jnp.zeros(2, jnp.int32))
+        res = search.EvoResult(arch=parents[0],
+                               objective=fit[0],
+                               feasible=jnp.bool_(True),
+                               history=fit[:1],
+                               evaluations=jnp.zeros(2, jnp.int32),
+                               state=state)
+        lat = np.asarray(latency(parents))
+        budget = float(np.sort(lat)[2])  # Three parents pass.
+        got = evolution.refine(res, objective, lambda a: latency(a) <= budget)
+        obj = np.asarray(objective(parents))
+        best = int(np.argmax(np.where(lat <= budget, obj, -np.inf)))
+        self.assertTrue(bool(got.feasible))
+        self.assertAlmostEqual(float(got.objective), float(obj[best]), places=5)
+        chex.assert_trees_all_equal(got.arch, space.canonicalize(parents)[best])
+        none = evolution.refine(res, objective, lambda a: latency(a) < 0)
+        self.assertFalse(bool(none.feasible))
+        with self.assertRaisesRegex(ValueError, 'random search'):
+            evolution.refine(res.replace(state=None), objective, lambda a: latency(a) < 0)
 
     def test_shared_score_where_packs_all_searches_rows(self):
         archs = space.sample(jax.random.key(6), (3, 40), resolutions=RES)
@@ -168,9 +242,9 @@ class EvolveTest(parameterized.TestCase):
             return objective(a)
 
         want = np.where(mask, np.asarray(jax.vmap(objective)(archs)), np.nan)
-        for wrap, rows_scored in ((lambda f: f, 24), (evolution.Shared, 12)):
+        for wrap, rows_scored in ((lambda f: f, 24), (scoring.Shared, 12)):
             del calls[:]
-            got = jax.jit(jax.vmap(lambda a, m: evolution.score_where(wrap(fn), a, m, 4, jnp.nan)))(
+            got = jax.jit(jax.vmap(lambda a, m: scoring.score_where(wrap(fn), a, m, 4, jnp.nan)))(
                 archs, mask)
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
             # Unshared: the vmapped loop runs as long as the busiest search
@@ -237,35 +311,35 @@ class EvolveTest(parameterized.TestCase):
     def test_memory_recalls_what_it_stored(self):
         archs = space.sample(jax.random.key(7), (64,), resolutions=RES)
         bits = 10
-        slot, tag = evolution.memory_keys(archs, bits)
+        slot, tag = memory.memory_keys(archs, bits)
         self.assertLen(np.unique(np.asarray(tag)), 64)
-        memory = evolution.empty_memory(bits)
-        np.testing.assert_array_equal(evolution.recall(memory, slot, tag), 0)
-        status = jnp.where(jnp.arange(64) % 2 == 0, evolution.TOLD, evolution.INFEASIBLE)
+        table = memory.empty_memory(bits)
+        np.testing.assert_array_equal(memory.recall(table, slot, tag), 0)
+        status = jnp.where(jnp.arange(64) % 2 == 0, memory.TOLD, memory.INFEASIBLE)
         write = jnp.arange(64) < 48
-        memory = evolution.remember(memory, slot, tag, status, write)
-        got = np.asarray(evolution.recall(memory, slot, tag))
-        np.testing.assert_array_equal(got[48:], evolution.UNSEEN)
+        table = memory.remember(table, slot, tag, status, write)
+        got = np.asarray(memory.recall(table, slot, tag))
+        np.testing.assert_array_equal(got[48:], memory.UNSEEN)
         # Direct-mapped: of rows sharing a slot one is recalled, the others are unseen.
         slots = np.asarray(slot)[:48]
         for s_ in np.unique(slots):
             rows = np.flatnonzero(slots == s_)
-            recalled = rows[got[rows] != evolution.UNSEEN]
+            recalled = rows[got[rows] != memory.UNSEEN]
             self.assertLen(recalled, 1)
             self.assertEqual(got[recalled[0]], int(status[recalled[0]]))
         self.assertGreater(len(np.unique(slots)), 40)
         # Genomes of one sub-network (they differ only past a stage's depth) share a key.
         one = archs[:1].replace(depth=archs.depth[:1].at[0, 0].set(2))
         twins = [one.replace(kernel=one.kernel.at[0, 3].set(k)) for k in (3, 7)]
-        keys = [tuple(int(v[0]) for v in evolution.memory_keys(t, bits)) for t in twins]
+        keys = [tuple(int(v[0]) for v in memory.memory_keys(t, bits)) for t in twins]
         self.assertEqual(keys[0], keys[1])
         # Keys that share a slot in one call: the result is the larger entry,
         # whatever the order of the rows.
         same = jnp.zeros((2,), jnp.int32)
         tags = jnp.asarray([8, 4], jnp.uint32)
         for perm in (np.array([0, 1]), np.array([1, 0])):
-            m = evolution.remember(evolution.empty_memory(4), same[perm], tags[perm],
-                                   jnp.asarray([3, 1])[perm], jnp.ones(2, bool))
+            m = memory.remember(memory.empty_memory(4), same[perm], tags[perm],
+                                jnp.asarray([3, 1])[perm], jnp.ones(2, bool))
             self.assertEqual(int(m[0]), 8 | 3)
 
     def test_feasible_all_budgets_impossible_flagged_compiles_once(self):
@@ -317,13 +391,16 @@ class ParetoTest(absltest.TestCase):
                                    feasible=np.array([True, True, True, False]),
                                    history=np.zeros((n, 2)),
                                    evaluations=np.zeros((n, 2), np.int32))
+        from experiments import pareto_plot
         path = os.path.join(self.create_tempdir().full_path, 'p.png')
-        search.plot_pareto(path, res, objective_name='proxy:macs', reference={2.0: 0.2})
+        pareto_plot.plot_pareto(path, res, objective_name='proxy:macs', reference={2.0: 0.2})
         self.assertGreater(os.path.getsize(path), 1000)
 
-
-if __name__ == '__main__':
-    absltest.main()
+    def test_library_does_not_import_matplotlib(self):
+        import subprocess
+        import sys
+        code = 'import sys, ofa_jax.search; assert "matplotlib" not in sys.modules'
+        subprocess.run([sys.executable, '-c', code], check=True)
 
 
 class ConstraintsTest(absltest.TestCase):
@@ -360,80 +437,5 @@ class ConstraintsTest(absltest.TestCase):
         self.assertGreater(float(big[0]), 800.0)  # w1.2 largest: 843M MACs at 224
 
 
-_EXTERNAL = external_data.root()
-_LUT_DIR = os.path.join(_EXTERNAL, 'ofa_note10_lut')
-
-
-class ExperimentTest(absltest.TestCase):
-
-    def _config(self, **kw):
-        from experiments.configs import search as search_config
-        cfg = search_config.get_config()
-        cfg.update(population_size=8, num_generations=3, **kw)
-        return cfg
-
-    def test_bad_config_names_field(self):
-        from ofa_jax.search import experiment
-        tmp = self.create_tempdir().full_path
-        with self.assertRaisesRegex(experiment.ConfigError, '^latency: .*does not exist'):
-            experiment.run(self._config(latency='/nonexistent/lut'), tmp)
-        with self.assertRaisesRegex(experiment.ConfigError, '^budgets_ms: '):
-            experiment.run(self._config(latency=tmp, budgets_ms='15,x'), tmp)
-        with self.assertRaisesRegex(experiment.ConfigError, '^latency: .*neither'):
-            experiment.run(self._config(latency=tmp), tmp)
-
-    @absltest.skipUnless(os.path.isdir(_LUT_DIR), 'Note10 LUT not present')
-    def test_lut_search_writes_json(self):
-        import json
-        from ofa_jax.search import experiment
-        tmp = self.create_tempdir().full_path
-        with self.assertRaisesRegex(experiment.ConfigError, '^budgets_ms: .*smallest'):
-            experiment.run(self._config(latency=_LUT_DIR, budgets_ms='1,20'), tmp)
-        with self.assertRaisesRegex(experiment.ConfigError, '^accuracy: '):
-            experiment.run(self._config(latency=_LUT_DIR, accuracy='/nonexistent.pth'), tmp)
-        out = experiment.run(self._config(latency=_LUT_DIR, budgets_ms='15,30', seeds=2), tmp)
-        with open(os.path.join(tmp, 'search.json')) as f:
-            saved = json.load(f)
-        self.assertEqual(saved['results'], out['results'])
-        self.assertLen(saved['results'], 4)
-        self.assertTrue(os.path.exists(os.path.join(tmp, 'pareto.png')))
-        for row in saved['results']:
-            self.assertEqual(row['objective_name'], 'proxy:macs_millions')
-            self.assertLessEqual(row['latency_ms'], row['budget_ms'])
-            self.assertTrue(row['feasible'])
-            # Never more rows than drawn: up to 20 rounds of first population,
-            # then 1.25 x population_size candidates per generation.
-            n, gens = saved['population_size'], saved['num_generations']
-            self.assertBetween(row['latency_evaluations'], n, n * (20 + 1.25 * gens))
-            self.assertBetween(row['objective_evaluations'], n, n * (1 + gens))
-            space.from_ofa_dict(row['arch'])
-        self.assertEqual(saved['resolutions'], list(range(160, 225, 4)))
-        self.assertGreater(saved['search_seconds'], 0.0)
-        # The best seed of each budget, budgets ascending.
-        self.assertEqual([b['budget_ms'] for b in saved['best']], [15.0, 30.0])
-        for b in saved['best']:
-            same = [r['objective'] for r in saved['results'] if r['budget_ms'] == b['budget_ms']]
-            self.assertEqual(b['objective'], max(same))
-        rows = [dict(saved['results'][0], feasible=False), saved['results'][1]]
-        self.assertEqual(experiment.best_per_budget(rows), [saved['results'][1]])
-
-    @absltest.skipUnless(os.path.isdir(_LUT_DIR), 'Note10 LUT not present')
-    def test_verify_with_a_store_uses_its_gauge(self):
-        from ofa_jax.latency import store as store_lib
-        from ofa_jax.search import experiment
-        tmp = self.create_tempdir().full_path
-        store_path = os.path.join(tmp, 'lat.sqlite')
-        with store_lib.LatencyStore(store_path) as store:
-            self.assertEqual(store.meta_items('gauge_baseline_ms/'), [])
-        out = experiment.run(
-            self._config(latency=_LUT_DIR,
-                         budgets_ms='15',
-                         resolutions='160',
-                         verify=True,
-                         verify_store=store_path), tmp)
-        (row,) = out['results']
-        self.assertEqual(row['measured_protocol'], 'paired')
-        self.assertGreater(row['measured_ms'], 0.0)
-        self.assertAlmostEqual(row['measured_over_budget'], row['measured_ms'] / 15.0, places=5)
-        with store_lib.LatencyStore(store_path) as store:
-            self.assertLen(store.meta_items('gauge_baseline_ms/'), 1)  # Recorded for reuse.
+if __name__ == '__main__':
+    absltest.main()

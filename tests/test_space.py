@@ -117,6 +117,61 @@ class SpaceTest(parameterized.TestCase):
         self.assertAlmostEqual(space.space_size_log10(), math.log10(7371**5 * 25), places=6)
 
 
+class IndexMapTest(parameterized.TestCase):
+
+    @parameterized.parameters(False, True)
+    def test_choices_map_to_their_index(self, gather):
+        for fn, choices in ((space.kernel_index, space.KERNEL_CHOICES), (space.expand_index,
+                                                                         space.EXPAND_CHOICES)):
+            np.testing.assert_array_equal(fn(np.asarray(choices), gather=gather), [0, 1, 2])
+            self.assertEqual(fn(np.asarray(choices)).dtype, np.int32)
+            self.assertEqual(int(fn(choices[2], gather=gather)), 2)
+            got = fn(jnp.asarray(choices), gather=gather)
+            self.assertIsInstance(got, jax.Array)
+            self.assertEqual(got.dtype, jnp.int32)
+            np.testing.assert_array_equal(got, [0, 1, 2])
+            jitted = jax.jit(lambda v, f=fn: f(v, gather=gather))(jnp.asarray(choices))
+            np.testing.assert_array_equal(jitted, [0, 1, 2])
+
+    def test_tables_agree_with_compares_for_every_value(self):
+        values = np.arange(-3, 12)
+        for fn, table in ((space.kernel_index, space.KERNEL_INDEX), (space.expand_index,
+                                                                     space.EXPAND_INDEX)):
+            np.testing.assert_array_equal(fn(values, gather=True), fn(values))
+            np.testing.assert_array_equal(table, fn(np.arange(table.size)))
+            self.assertFalse(table.flags.writeable)
+
+    def test_batched_arch_genes(self):
+        a = space.sample_np(np.random.default_rng(4), 32)
+        k = space.kernel_index(a.kernel)
+        e = space.expand_index(a.expand)
+        self.assertEqual(k.shape, (32, 20))
+        np.testing.assert_array_equal(np.asarray(space.KERNEL_CHOICES)[k], a.kernel)
+        np.testing.assert_array_equal(np.asarray(space.EXPAND_CHOICES)[e], a.expand)
+
+    def test_resolution_index(self):
+        r = np.asarray(space.RESOLUTIONS)
+        np.testing.assert_array_equal(space.resolution_index(r), np.arange(len(r)))
+        np.testing.assert_array_equal(space.resolution_index(jnp.asarray([100, 130, 500])),
+                                      [0, 0, 24])
+        self.assertIsInstance(space.resolution_index(np.int32(224)), np.integer)
+
+    def test_array_module_and_tracers(self):
+        self.assertIs(space.array_module(np.ones(2), [1]), np)
+        self.assertIs(space.array_module(np.ones(2), jnp.ones(2)), jnp)
+        self.assertFalse(space.is_traced(space.smallest(), None))
+        seen = []
+        jax.jit(lambda x: seen.append((space.is_traced(x), space.array_module(x))) or x)(
+            jnp.ones(2))
+        self.assertEqual(seen, [(True, jnp)])
+
+    def test_active_blocks_np_matches_jnp(self):
+        depth = np.asarray([[2, 3, 4, 2, 3], [4, 4, 4, 4, 4]])
+        mask = space.active_blocks_np(depth)
+        self.assertIsInstance(mask, np.ndarray)
+        np.testing.assert_array_equal(mask, np.asarray(space.active_blocks(depth)))
+
+
 class EncodingTest(absltest.TestCase):
 
     def test_onehot_matches_ofa_layout(self):

@@ -1,6 +1,7 @@
 """Tests of the crash-safe latency store (ofa_jax.latency.store)."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -164,6 +165,34 @@ class StoreTest(absltest.TestCase):
             s.replace(keys[0], 3.0)
             self.assertLen(s, 3)
             self.assertEqual(sorted(r.latency_ms for r in s.rows()), [1.0, 1.0, 3.0])
+
+    def test_store_written_by_earlier_code(self):
+        # Earlier code switched to WAL before creating the schema, so while its
+        # writer is open the schema may live only in the -wal file.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute('PRAGMA journal_mode = WAL')
+        conn.executescript(store_lib._SCHEMA)  # pylint: disable=protected-access
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        try:
+            with store_lib.LatencyStore(self.path, readonly=True) as r:
+                self.assertLen(r, 0)
+            with store_lib.LatencyStore(self.path) as s:
+                s.add(_keys(1)[0], 1.0)
+        finally:
+            conn.close()
+        with store_lib.LatencyStore(self.path, readonly=True) as r:
+            self.assertEqual(r.mode, 'immutable')
+            self.assertLen(r, 1)
+
+    def test_validate_key_normalises(self):
+        k = _keys(1)[0]
+        odd = k._replace(batch=np.int64(8), width=1, num_classes=np.int32(10))
+        self.assertEqual(store_lib.validate_key(odd), k._replace(batch=8, width=1.0,
+                                                                 num_classes=10))
+        with store_lib.LatencyStore(self.path) as s:
+            s.add(odd, 1.0)
+            self.assertTrue(s.has(odd))
+            self.assertEqual(s.keys(), {store_lib.validate_key(odd)})
 
     def test_two_writer_processes(self):
         script = textwrap.dedent("""

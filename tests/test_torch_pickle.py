@@ -129,12 +129,17 @@ class LoadTest(parameterized.TestCase):
         write_legacy(path, main, storages)
         with self.assertRaisesRegex(pickle.UnpicklingError, 'exceeds'):
             torch_pickle.load(path)
+        # Also a ValueError, naming the file and the tensor.
+        with self.assertRaisesRegex(ValueError, f"^{path}: tensor 'x' .*exceeds"):
+            torch_pickle.load(path)
 
     def test_not_a_checkpoint(self):
         path = os.path.join(self.create_tempdir().full_path, 'x.pth')
         with open(path, 'wb') as f:
             f.write(pickle.dumps({'a': 1}, protocol=2))
         with self.assertRaises(pickle.UnpicklingError):
+            torch_pickle.load(path)
+        with self.assertRaisesRegex(ValueError, f'^{path}: .*bad magic number'):
             torch_pickle.load(path)
 
     def test_ofa_supernet_checkpoint_loads_as_flax_variables(self):

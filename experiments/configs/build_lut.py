@@ -17,7 +17,7 @@ from experiments.configs import measure_latency
 def get_config() -> ml_collections.ConfigDict:
     """Layers of the w1.2 space at 128 and 160, batch 1, float32, a shorter protocol."""
     c = ml_collections.ConfigDict()
-    c.resolutions = '128,160'
+    c.resolutions = (128, 160)
     c.batch = 1
     c.width = 1.2
     c.num_classes = 1000
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.cpu_affinity = ''
     c.microbenchmarks = True
     c.progress = True
-    c.protocol = measure_latency.get_config().protocol
+    c.protocol = measure_latency.protocol_config()
     c.protocol.min_time = 0.2  # Layers are short; many samples fit in little time.
     # Paired with the gauge network, each sample lasts >= 10 ms so the reference
     # call after it (~12 ms on a 2-core CPU) does not dominate the build time.

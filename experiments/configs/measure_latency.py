@@ -1,6 +1,6 @@
 """Config of a latency measurement campaign (``experiments/measure_latency.py``).
 
-Launch (fields are a contract; resolutions and batch sizes are comma strings)::
+Launch (lists are tuples; ``--config.resolutions=128,160`` sets one)::
 
     python -m experiments.measure_latency \
       --config=experiments/configs/measure_latency.py \
@@ -14,13 +14,31 @@ on each host (each with its own store file; merge them afterwards).
 import ml_collections
 
 
+def protocol_config() -> ml_collections.ConfigDict:
+    """The timing protocol of a dedicated campaign (``ofa_jax.latency.measure.Protocol``)."""
+    p = ml_collections.ConfigDict()
+    p.warmup = 5
+    p.repeats = 30
+    p.min_time = 0.5
+    p.max_time = 30.0
+    p.number = 0
+    p.min_sample = 0.002
+    p.trim = 0.2
+    p.statistic = 'median'
+    p.rounds = 1
+    # Time the fixed gauge network after every sample and report latencies relative
+    # to it (measure.Protocol.paired): cancels the machine's speed drift.
+    p.paired = True
+    return p
+
+
 def get_config() -> ml_collections.ConfigDict:
     """Default campaign: 100 archs at 128 and 160, batch 1, float32, this host's default device."""
     c = ml_collections.ConfigDict()
     c.num_archs = 100
     c.seed = 0
-    c.resolutions = '128,160'
-    c.batch_sizes = '1'
+    c.resolutions = (128, 160)
+    c.batch_sizes = (1,)
     c.width = 1.2
     c.num_classes = 1000
     c.dtype = 'float32'
@@ -33,20 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.cpu_affinity = ''  # '' = as launched; 'N' = first N allowed cores; '0,2' = these.
     c.microbenchmarks = True  # Copy-bandwidth and matmul features in the fingerprint.
     c.progress = True
-
-    c.protocol = ml_collections.ConfigDict()
-    c.protocol.warmup = 5
-    c.protocol.repeats = 30
-    c.protocol.min_time = 0.5
-    c.protocol.max_time = 30.0
-    c.protocol.number = 0
-    c.protocol.min_sample = 0.002
-    c.protocol.trim = 0.2
-    c.protocol.statistic = 'median'
-    c.protocol.rounds = 1
-    # Time the fixed gauge network after every sample and report latencies relative
-    # to it (measure.Protocol.paired): cancels the machine's speed drift.
-    c.protocol.paired = True
+    c.protocol = protocol_config()
 
     c.drift = ml_collections.ConfigDict()
     # Drift detection for unpaired protocols (a paired one corrects drift instead).

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ofa_jax import hardware
+
 # Fields hashed into the id. Changing this list changes every id: don't.
 IDENTITY_FIELDS = ('platform', 'device_kind', 'cpu_model', 'affinity_cores', 'memory_gb',
                    'jax_version', 'jaxlib_version', 'xla_flags', 'num_devices')
@@ -129,10 +131,6 @@ def fingerprint_id(fields: dict[str, Any]) -> str:
 
 def _spec_features(device_kind: str) -> dict[str, Any]:
     """Datasheet values from ``ofa_jax.hardware`` if that module knows the device."""
-    try:
-        from ofa_jax import hardware  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return {}
     try:
         spec = hardware.lookup(device_kind)
     except Exception:  # pylint: disable=broad-except

@@ -20,12 +20,13 @@ import datetime
 import hashlib
 import json
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ofa_jax import depthwise as dw
 from ofa_jax import space
 from ofa_jax.latency import fingerprint as fp_lib
 
@@ -81,6 +82,12 @@ class Protocol:
                              f'repeats={self.repeats} warmup={self.warmup} rounds={self.rounds}')
         if not 0 <= self.trim < 0.5:
             raise ValueError(f'protocol.trim: {self.trim} must be in [0, 0.5)')
+        for name, low in (('min_time', 0.0), ('min_sample', 0.0), ('number', 0)):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= low):
+                raise ValueError(f'protocol.{name}: {value}; allowed: a finite number >= {low}')
+        if not (np.isfinite(self.max_time) and self.max_time > 0):
+            raise ValueError(f'protocol.max_time: {self.max_time}; allowed: a finite number > 0')
 
     @property
     def name(self) -> str:
@@ -282,10 +289,19 @@ def compile_module(module: Any,
                     cost=cost_of(executable))
 
 
+class Timing(NamedTuple):
+    """What :func:`time_executable` measured."""
+
+    stats: dict[str, float]  # In ms, with the protocol's ``latency`` added.
+    samples_ms: list[float]  # Corrected by the gauge when paired.
+    number: int  # Calls per sample.
+    time_s: float  # Wall seconds spent timing, warm-up included.
+
+
 def time_executable(fn: Callable[..., Any],
                     args: tuple,
                     protocol: Protocol,
-                    gauge: Gauge | None = None) -> tuple[dict[str, float], list[float], int, float]:
+                    gauge: Gauge | None = None) -> Timing:
     """Times ``fn(*args)`` under ``protocol``.
 
     With a ``gauge`` (required when ``protocol.paired``), every sample is
@@ -296,28 +312,37 @@ def time_executable(fn: Callable[..., Any],
     ``reference_median`` (ms) and ``speed`` (baseline / reference median: > 1
     when the machine ran faster than when the baseline was taken).
 
+    Every loop obeys ``protocol.max_time``: warm-up stops at the deadline,
+    and the calls per sample are capped so that one sample fits in it, so a
+    large ``min_sample`` cannot stretch a measurement past the limit (at
+    least 3 samples are still taken).
+
     Returns:
-      (stats in ms with the chosen ``latency`` added, samples in ms (corrected
-      when paired), calls per sample, wall seconds spent timing).
+      a :class:`Timing`.
     """
     if protocol.paired and gauge is None:
         raise ValueError('protocol.paired: a Gauge (reference network) is needed to time '
                          'paired samples; build one with measure.Gauge.build or set '
                          'protocol.paired=False')
     start = time.perf_counter()
+    deadline = start + protocol.max_time
     for _ in range(protocol.warmup):
         jax.block_until_ready(fn(*args))
         if gauge is not None:
             gauge.call()
+        if time.perf_counter() > deadline:
+            break
     number = protocol.number
     if number <= 0:
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         one = max(time.perf_counter() - t0, 1e-7)
         number = max(1, int(np.ceil(protocol.min_sample / one)))
+        # Three samples of `number` calls must fit in what is left of max_time.
+        left = max(deadline - time.perf_counter(), 0.0)
+        number = max(1, min(number, int(left / (3 * one))))
     per_round = max(1, int(np.ceil(protocol.repeats / protocol.rounds)))
     round_time = protocol.min_time / protocol.rounds
-    deadline = start + protocol.max_time
     samples: list[float] = []
     raw: list[float] = []
     refs: list[float] = []
@@ -354,7 +379,7 @@ def time_executable(fn: Callable[..., Any],
         stats['raw_median'] = float(np.median(raw))
         stats['reference_median'] = float(np.median(refs))
         stats['speed'] = gauge.baseline_ms / stats['reference_median']
-    return stats, samples, number, time.perf_counter() - start
+    return Timing(stats, samples, number, time.perf_counter() - start)
 
 
 # The gauge's reference network: one fixed sub-network (a seeded random arch at
@@ -406,12 +431,13 @@ class Gauge:
               arch: space.Arch | None = None) -> 'Gauge':
         """Compiles the reference (``gauge_arch()`` by default); times a baseline if none given."""
         arch = gauge_arch() if arch is None else arch
-        r = int(np.asarray(arch.resolution))
-        model = build_network(space.to_numpy(arch),
-                              width,
-                              num_classes=num_classes,
-                              depthwise=depthwise)
-        compiled = compile_module(model, (int(batch), r, r, 3), dtype, device)
+        compiled = compile_arch(arch,
+                                batch,
+                                dtype,
+                                device,
+                                width=width,
+                                num_classes=num_classes,
+                                depthwise=depthwise)
         gauge = cls(compiled, 1.0, space.arch_key(arch))
         t0 = time.perf_counter()
         jax.block_until_ready(compiled.executable(*compiled.args))
@@ -433,9 +459,9 @@ class Gauge:
 
     def measure_baseline(self, protocol: Protocol = BASELINE_PROTOCOL) -> float:
         """Times the reference alone (unpaired) and returns its latency in ms."""
-        stats, _, _, _ = time_executable(self.compiled.executable, self.compiled.args,
-                                         dataclasses.replace(protocol, paired=False))
-        return float(stats['latency'])
+        timing = time_executable(self.compiled.executable, self.compiled.args,
+                                 dataclasses.replace(protocol, paired=False))
+        return float(timing.stats['latency'])
 
 
 def measure_module(module: Any,
@@ -453,19 +479,18 @@ def measure_module(module: Any,
     started = _now()
     dev = fp_lib.resolve_device(device)
     compiled = compile_module(module, input_shape, dtype, dev)
-    stats, samples, number, time_s = time_executable(compiled.executable, compiled.args, protocol,
-                                                     gauge)
+    timing = time_executable(compiled.executable, compiled.args, protocol, gauge)
     return LatencyResult(arch_key=key,
                          batch=int(input_shape[0]),
                          dtype=dtype,
                          protocol=protocol.name,
-                         latency_ms=stats['latency'],
-                         stats=stats,
-                         samples_ms=samples,
-                         number=number,
+                         latency_ms=timing.stats['latency'],
+                         stats=timing.stats,
+                         samples_ms=timing.samples_ms,
+                         number=timing.number,
                          lower_s=compiled.lower_s,
                          compile_s=compiled.compile_s,
-                         time_s=time_s,
+                         time_s=timing.time_s,
                          cost=compiled.cost,
                          depthwise=str(getattr(module, 'depthwise', '')),
                          device=str(dev),
@@ -477,10 +502,37 @@ def build_network(arch: space.Arch,
                   width: float = 1.2,
                   *,
                   num_classes: int = 1000,
-                  depthwise: str = 'auto') -> Any:
-    """The static Flax sub-network of ``arch`` (``ofa_jax.subnet.build_subnet``)."""
+                  depthwise: str = 'auto',
+                  device: Any = None) -> Any:
+    """The static Flax sub-network of ``arch`` (``ofa_jax.subnet.build_subnet``).
+
+    ``depthwise='auto'`` resolves for ``device``'s platform (the device that
+    will run the program), not for JAX's default backend.
+    """
     from ofa_jax import subnet  # pylint: disable=g-import-not-at-top
-    return subnet.build_subnet(arch, width, num_classes=num_classes, depthwise=depthwise)
+    platform = fp_lib.resolve_device(device).platform
+    return subnet.build_subnet(arch,
+                               width,
+                               num_classes=num_classes,
+                               depthwise=dw.resolve(depthwise, platform))
+
+
+def compile_arch(arch: space.Arch,
+                 batch: int,
+                 dtype: str,
+                 device: Any,
+                 *,
+                 width: float = 1.2,
+                 num_classes: int = 1000,
+                 depthwise: str = 'auto') -> Compiled:
+    """The AOT-compiled static sub-network of ``arch`` on ``device`` at ``batch``."""
+    r = int(np.asarray(arch.resolution))
+    model = build_network(space.to_numpy(arch),
+                          width,
+                          num_classes=num_classes,
+                          depthwise=depthwise,
+                          device=device)
+    return compile_module(model, (int(batch), r, r, 3), dtype, device)
 
 
 def measure_latency(arch: space.Arch,
@@ -513,7 +565,11 @@ def measure_latency(arch: space.Arch,
         raise ValueError(f'batch: {batch} must be >= 1')
     key = space.arch_key(arch)
     r = int(np.asarray(arch.resolution))
-    model = build_network(space.to_numpy(arch), width, num_classes=num_classes, depthwise=depthwise)
+    model = build_network(space.to_numpy(arch),
+                          width,
+                          num_classes=num_classes,
+                          depthwise=depthwise,
+                          device=device)
     result = measure_module(model, (int(batch), r, r, 3),
                             dtype,
                             device,
@@ -544,20 +600,20 @@ class DriftMonitor:
                  num_classes: int = 1000,
                  depthwise: str = 'auto',
                  tolerance: float = 0.1):
-        r = int(np.asarray(arch.resolution))
-        model = build_network(space.to_numpy(arch),
-                              width,
-                              num_classes=num_classes,
-                              depthwise=depthwise)
-        self.compiled = compile_module(model, (int(batch), r, r, 3), dtype, device)
+        self.compiled = compile_arch(arch,
+                                     batch,
+                                     dtype,
+                                     device,
+                                     width=width,
+                                     num_classes=num_classes,
+                                     depthwise=depthwise)
         self.protocol = protocol
         self.tolerance = float(tolerance)
         self.baseline = self._time()
         self.history: list[tuple[str, float]] = [(_now(), self.baseline)]
 
     def _time(self) -> float:
-        stats, _, _, _ = time_executable(self.compiled.executable, self.compiled.args,
-                                         self.protocol)
+        stats = time_executable(self.compiled.executable, self.compiled.args, self.protocol).stats
         return stats['latency']
 
     def check(self) -> tuple[bool, float]:

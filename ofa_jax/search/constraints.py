@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from ofa_jax import counts, space
-from ofa_jax.search import baseline, evolution
+from ofa_jax.search import baseline, evolution, state
 
-Constraint = evolution.Constraint
+Constraint = state.Constraint
 
 
 def all_of(*constraints: Optional[Constraint]) -> Constraint:
@@ -88,11 +88,11 @@ def params_at_most(max_params: Any, *, width: float = 1.2) -> Constraint:
     return lambda archs: jnp.asarray(counts.count_params(archs, width), jnp.float32) <= max_params
 
 
-def make_limit_search(params: evolution.EvoParams | baseline.RandomParams,
-                      objective: evolution.Objective,
+def make_limit_search(params: state.EvoParams | baseline.RandomParams,
+                      objective: state.Objective,
                       constraint_for: Callable[[Any], Constraint],
                       *,
-                      jit: bool = True) -> Callable[[jax.Array, Any], evolution.EvoResult]:
+                      jit: bool = True) -> Callable[[jax.Array, Any], state.EvoResult]:
     """One jitted function running a search per (seed, limits) row.
 
     Args:
@@ -108,11 +108,10 @@ def make_limit_search(params: evolution.EvoParams | baseline.RandomParams,
       batched over B; new seeds or limit values of the same shapes never
       recompile.
     """
-    method = evolution.evolve if isinstance(params,
-                                            evolution.EvoParams) else (baseline.random_search)
+    method = evolution.evolve if isinstance(params, state.EvoParams) else baseline.random_search
 
     def one(seed, limits):
-        return method(evolution.search_key(seed, params), params, objective, constraint_for(limits))
+        return method(state.search_key(seed, params), params, objective, constraint_for(limits))
 
     def search(seeds, limits):
         return jax.vmap(one)(jnp.asarray(seeds, jnp.int32), limits)

@@ -3,10 +3,10 @@
 On CPU, JAX lowers its threefry hash as a rolled ``while`` loop (five
 iterations of four rounds) to keep compile times short. Inside the search's
 ``lax.scan`` that loop, with a copy of its state and several small fusions
-per iteration, ran for every draw of every generation: 40% of a
-15-search call's bookkeeping on the 2-core AMD EPYC (0.43 of ~1.0 s with
-near-free predictors, by XLA's profiler). Here the same hash is written out
-round by round, so XLA fuses all twenty rounds into one elementwise loop.
+per iteration, ran for every draw of every generation, a large share of the
+search's bookkeeping (figures: benchmarks/results/search_notes.md). Here the
+same hash is written out round by round, so XLA fuses all twenty rounds into
+one elementwise loop.
 
 For threefry keys (``jax.random.key(..., impl='threefry2x32')``, the search
 default) :func:`bits` and :func:`split` return exactly the values of

@@ -3,8 +3,9 @@
 :func:`make_budget_search` turns an objective, a latency estimator and search
 parameters into one jitted function ``(seeds[B], budgets[B]) -> BudgetResults``:
 budgets and seeds are traced, so a new list of the same length reuses the
-compiled program. :func:`pareto_front` and :func:`plot_pareto` summarise the
-sweep (objective vs latency across budgets).
+compiled program. :func:`pareto_front` picks the points of a sweep that no
+other beats (objective vs latency across budgets); ``experiments.pareto_plot``
+draws them (this library does not import matplotlib).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import space
-from ofa_jax.search import baseline, evolution
+from ofa_jax.search import baseline, evolution, scoring, state
 
 LatencyFn = Callable[[space.Arch], jax.Array]
 
@@ -49,12 +50,12 @@ class BudgetResults:
     evaluations: jax.Array
 
 
-def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
-                       objective: evolution.Objective,
+def make_budget_search(params: state.EvoParams | baseline.RandomParams,
+                       objective: state.Objective,
                        latency_fn: LatencyFn,
                        *,
-                       extra_constraint: Optional[evolution.Constraint] = None,
-                       exact_objective: Optional[evolution.Objective] = None,
+                       extra_constraint: Optional[state.Constraint] = None,
+                       exact_objective: Optional[state.Objective] = None,
                        exact_latency_fn: Optional[LatencyFn] = None,
                        jit: bool = True) -> Callable[[jax.Array, jax.Array], BudgetResults]:
     """One jitted function searching all (seed, budget) pairs at once.
@@ -79,7 +80,7 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
       ``search(seeds int[B], budgets float[B]) -> BudgetResults``; the same B
       never recompiles, whatever the values.
     """
-    if isinstance(params, evolution.EvoParams):
+    if isinstance(params, state.EvoParams):
         method = evolution.evolve
     elif isinstance(params, baseline.RandomParams):
         method = baseline.random_search
@@ -87,9 +88,9 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
         raise TypeError(f'params: expected EvoParams or RandomParams, got {type(params).__name__}')
 
     # The predictors are shared by all (seed, budget) searches: under the vmap
-    # below their rows are packed together (evolution.Shared); only the cheap
+    # below their rows are packed together (scoring.Shared); only the cheap
     # budget test sees each search's budget.
-    objective = evolution.Shared(objective)
+    objective = scoring.Shared(objective)
 
     def one(seed, budget):
 
@@ -101,10 +102,9 @@ def make_budget_search(params: evolution.EvoParams | baseline.RandomParams,
                     ok = ok & jnp.asarray(extra_constraint(archs), bool)
                 return ok
 
-            return evolution.ScoredConstraint(score=fn, accept=accept)
+            return scoring.ScoredConstraint(score=fn, accept=accept)
 
-        res = method(evolution.search_key(seed, params), params, objective,
-                     under_budget(latency_fn))
+        res = method(state.search_key(seed, params), params, objective, under_budget(latency_fn))
         report_latency = exact_latency_fn or latency_fn
         if method is evolution.evolve and (exact_objective is not None or
                                            exact_latency_fn is not None):
@@ -142,49 +142,3 @@ def pareto_front(latency: np.ndarray, objective: np.ndarray) -> np.ndarray:
                      ((latency < latency[i]) | (objective > objective[i])))
         mask[i] = not dominated.any()
     return mask
-
-
-def plot_pareto(path: str,
-                results: BudgetResults,
-                *,
-                objective_name: str,
-                latency_name: str = 'latency (ms)',
-                reference: Optional[dict[float, float]] = None,
-                reference_name: str = 'reference') -> None:
-    """Writes a PNG: found archs (objective vs latency), the front, the budgets.
-
-    Args:
-      path: output PNG path.
-      results: a :class:`BudgetResults` (host or device arrays).
-      objective_name: y-axis label (e.g. 'predicted top-1' or 'proxy:macs').
-      latency_name: x-axis label.
-      reference: optional {budget: objective} drawn as crosses (e.g. OFA's).
-      reference_name: legend label of ``reference``.
-    """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    lat = np.asarray(results.latency)
-    obj = np.asarray(results.objective)
-    ok = np.asarray(results.feasible)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(lat[ok], obj[ok], s=18, label='found (feasible)')
-    if ok.any():
-        front = pareto_front(lat[ok], obj[ok])
-        order = np.argsort(lat[ok][front])
-        ax.plot(lat[ok][front][order], obj[ok][front][order], 'k-', lw=1, label='Pareto front')
-    for b in np.unique(np.asarray(results.budget)):
-        ax.axvline(float(b), color='0.85', lw=0.8, zorder=0)
-    if reference:
-        ax.scatter(list(reference),
-                   list(reference.values()),
-                   marker='x',
-                   color='r',
-                   label=reference_name)
-    ax.set_xlabel(latency_name)
-    ax.set_ylabel(objective_name)
-    ax.legend(loc='lower right', fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,6 +1,6 @@
 """The main job's report: ``report.md``, PNG plots and the data behind them as CSV.
 
-:func:`write_report` takes the summary assembled by :mod:`ofa_jax.pipeline`
+:func:`write_report` takes the summary assembled by :mod:`experiments.jobs.main`
 and writes, into one folder:
 
 - ``report.md``: device, config, estimator comparison (accuracy and cost),
@@ -15,75 +15,26 @@ and writes, into one folder:
 from __future__ import annotations
 
 import csv
-import json
 import os
-import shlex
 from typing import Any, Mapping
 
 import numpy as np
 
+from experiments import commands as commands_lib
+from experiments import plots
+from ofa_jax import files
 from ofa_jax import space
 
 
-def _plt():
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    return plt
-
-
-def _overrides(config: Mapping[str, Any], prefix: str = 'config') -> list[str]:
-    """Flattened ``--config.a.b=value`` flags for every field of ``config``."""
-    flags = []
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flags += _overrides(value, f'{prefix}.{key}')
-        else:
-            flags.append(f'--{prefix}.{key}={value}')
-    return flags
-
-
 def commands(summary: Mapping[str, Any], workdir: str) -> list[str]:
-    """Commands that reproduce the run: the main job, then each stage on its own."""
-    cfg = summary['config']
-    main = [
-        'python', '-m', 'experiments.main', '--config=experiments/configs/main.py',
-        f'--workdir={workdir}'
-    ] + _overrides(cfg)
-    out = [' '.join(shlex.quote(p) for p in main)]
-    store = summary['store']
-    out.append(
-        'python -m experiments.measure_latency --config=experiments/configs/'
-        f'measure_latency.py --config.num_archs={cfg["num_archs"]} '
-        f'--config.resolutions={cfg["resolutions"]} --config.batch_sizes={cfg["batch"]} '
-        f'--config.width={cfg["width"]} --config.seed={cfg["seed"]} '
-        f'--config.time_budget_s={cfg["measure_time_budget_s"]} '
-        f'--config.dtype={cfg["dtype"]} --config.num_classes={cfg["num_classes"]} '
-        f'--config.depthwise={cfg["depthwise"]} '
-        # The main job's protocol is shorter than measure_latency's default;
-        # without it the command would measure (and store) under another one.
-        f'{" ".join(_overrides(cfg["protocol"], "config.protocol"))} '
-        f'--config.store={store} --workdir={workdir}/measure')
-    out.append('python -m experiments.build_lut --config=experiments/configs/build_lut.py '
-               f'--config.resolutions={cfg["resolutions"]} --config.batch={cfg["batch"]} '
-               f'--config.width={cfg["width"]} --workdir={workdir}/lut_build')
-    protocol = summary['campaign']['protocol']
-    for model, est in summary['estimators'].items():
-        extra = f' --config.lut={est["latency_path"]}' if model == 'lut' else ''
-        out.append('python -m experiments.fit_predictor --config=experiments/configs/'
-                   f'fit_predictor.py --config.data={store} --config.device={summary["device_id"]} '
-                   f'--config.batch={cfg["batch"]} --config.width={cfg["width"]} '
-                   f'--config.protocol={protocol} '
-                   f'--config.model={model}{extra} --workdir={workdir}/fit_{model}')
-    budgets = ','.join(f'{b:.4f}' for b in summary['budgets_ms'])
-    for model, est in summary['estimators'].items():
-        if est['latency_path'] is None:
-            continue  # Not searched (model=xla_cost).
-        acc = f' --config.accuracy={cfg["accuracy"]}' if cfg.get('accuracy') else ''
-        out.append('python -m experiments.search --config=experiments/configs/search.py '
-                   f'--config.latency={est["latency_path"]} --config.resolutions='
-                   f'{cfg["resolutions"]} --config.budgets_ms={budgets} '
-                   f'--config.seeds={cfg["seeds"]}{acc} --workdir={workdir}/search_{model}')
+    """Commands that reproduce the run: the main job, then each stage on its own.
+
+    Generated from the configs the stages ran with (``summary['stages']``),
+    so each command reruns its stage exactly (same rows, same metrics).
+    """
+    out = [commands_lib.command('main', summary['config'], workdir)]
+    for stage in summary.get('stages', []):
+        out.append(commands_lib.command(stage['module'], stage['config'], stage['workdir']))
     return out
 
 
@@ -173,7 +124,7 @@ def _search_summary(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _plots(out_dir: str, summary, latency_ms, test_index, predictions, search_rows) -> None:
-    plt = _plt()
+    plt = plots.pyplot()
     true = np.asarray(latency_ms)[test_index]
     names = list(predictions)
     labels = {k: summary['estimators'][k]['label'] for k in names}
@@ -256,7 +207,7 @@ def _plots(out_dir: str, summary, latency_ms, test_index, predictions, search_ro
         plt.close(fig)
 
 
-def _breakdown_lines(summary) -> list[str]:
+def breakdown_lines(summary) -> list[str]:
     """The "where the latency goes" table (empty without a LUT or additive predictor)."""
     b = summary.get('breakdown') or {}
     means = b.get('mean_ms') or {}
@@ -289,12 +240,20 @@ def _write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
         w.writerows(rows)
 
 
-def write_report(out_dir: str, summary: Mapping[str,
-                                                Any], *, archs: space.Arch, latency_ms: np.ndarray,
-                 test_index: np.ndarray, predictions: Mapping[str, np.ndarray]) -> str:
-    """Writes the report folder; returns the path of ``report.md``."""
+def write_report(out_dir: str, summary: Mapping[str, Any], *, workdir: str, archs: space.Arch,
+                 latency_ms: np.ndarray, test_index: np.ndarray,
+                 predictions: Mapping[str, np.ndarray]) -> str:
+    """Writes the report folder; returns the path of ``report.md``.
+
+    Args:
+      out_dir: the report folder (created).
+      summary: what :func:`experiments.jobs.main.run` assembled.
+      workdir: the main job's workdir (for its command line).
+      archs, latency_ms: the measured sub-networks in split order.
+      test_index: the held-out rows.
+      predictions: estimator -> predictions on the held-out rows.
+    """
     os.makedirs(out_dir, exist_ok=True)
-    workdir = os.path.dirname(os.path.abspath(out_dir))
     n = len(latency_ms)
     split = np.full(n, 'train', dtype=object)
     r = summary['rows']
@@ -316,11 +275,9 @@ def write_report(out_dir: str, summary: Mapping[str,
         _write_csv(os.path.join(out_dir, 'search.csv'), list(search_rows[0]),
                    [list(row.values()) for row in search_rows])
     _plots(out_dir, summary, latency_ms, test_index, predictions, search_rows)
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(summary['config'], f, indent=1)
+    files.write_json(os.path.join(out_dir, 'config.json'), summary['config'])
     cmds = commands(summary, workdir)
-    with open(os.path.join(out_dir, 'commands.txt'), 'w') as f:
-        f.write('\n'.join(cmds) + '\n')
+    files.write_text(os.path.join(out_dir, 'commands.txt'), '\n'.join(cmds) + '\n')
 
     fp = summary.get('fingerprint') or {}
     ratios = rmse_ratios(summary)
@@ -361,7 +318,7 @@ def write_report(out_dir: str, summary: Mapping[str,
         '',
         '![error distribution](error_distribution.png)',
         '',
-        *_breakdown_lines(summary),
+        *breakdown_lines(summary),
         '## Search at three budgets, found sub-networks measured',
         '',
         *_search_table(search_rows),
@@ -394,16 +351,15 @@ def write_report(out_dir: str, summary: Mapping[str,
     md += [f'| {k} | {v:.1f} |' for k, v in summary['stages_s'].items()]
     md += ['', '## Commands', '', 'The main job, then each stage on its own:', '', '```']
     md += cmds + [
-        '```', '', 'The main job fits and scores every estimator on the campaign\'s '
-        f'{summary["rows"]["total"]} seeded random sub-networks only. Run after it, a '
-        '`fit_predictor` command above reads every row of the store at this protocol, '
-        'the gauge network and the verified search results included, so its split and '
-        'figures differ from the table\'s.', '', 'Data: `measurements.csv`, '
-        '`predictions.csv`, `search.csv`; config: `config.json`.', ''
+        '```', '', 'Each stage command is generated from the config that stage ran with, '
+        'so it reruns the stage exactly: the fits read the campaign\'s '
+        f'{summary["rows"]["total"]} seeded random sub-networks from `fit_rows.csv` (the '
+        'store also holds the gauge network and the verified search results, which are not '
+        'a random sample).', '', 'Data: `measurements.csv`, `predictions.csv`, `search.csv`; '
+        'config: `config.json`.', ''
     ]
     path = os.path.join(out_dir, 'report.md')
-    with open(path, 'w') as f:
-        f.write('\n'.join(md))
+    files.write_text(path, '\n'.join(md))
     return path
 
 

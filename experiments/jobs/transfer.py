@@ -40,34 +40,29 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from experiments import config_fields as cf
+from experiments import plots
+from experiments.jobs import fit_predictor as fit_job
 from ofa_jax import csvio
 from ofa_jax import hardware
 from ofa_jax import space
 from predictors import checkpoint
-from predictors import experiment_fit
 from predictors import features
 from predictors import fit
 from predictors import metrics
 from predictors import transfer
 
-ConfigError = experiment_fit.ConfigError
+ConfigError = cf.ConfigError
 
 
-def _split_list(field: str, text: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(',') if t.strip()]
-    if not items:
-        raise ConfigError(f'{field}: empty; allowed: a comma separated list')
-    return items
-
-
-def _parse_map(field: str, text: str) -> dict[str, str]:
+def _parse_map(field: str, value: Any) -> dict[str, str]:
     out = {}
-    for item in [t.strip() for t in str(text or '').split(',') if t.strip()]:
+    for item in cf.items(value):
         if ':' not in item:
-            raise ConfigError(f'{field}: entry {item!r} is not FILE:VALUE; allowed: '
+            raise ConfigError(f'config.{field}: entry {item!r} is not FILE:VALUE; allowed: '
                               'comma separated FILE:VALUE pairs')
-        path, value = item.rsplit(':', 1)
-        out[path.strip()] = value.strip()
+        path, v = item.rsplit(':', 1)
+        out[path.strip()] = v.strip()
     return out
 
 
@@ -80,32 +75,28 @@ def _lookup_map(mapping: dict[str, str], path: str) -> str | None:
 
 def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Validates the config; raises ConfigError naming the field and allowed values."""
-    sources = _split_list('sources', config.sources)
+    sources = list(cf.str_tuple('sources', config.sources))
     if not config.target:
-        raise ConfigError('target: empty; allowed: an OFA CSV file')
-    try:
-        shots = [int(s) for s in _split_list('shots', config.shots)]
-        if min(shots) < 0:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f'shots: {config.shots!r}; allowed: comma separated integers >= 0, '
-                          'e.g. 0,10,20,50,100') from None
-    if int(config.seeds) < 1:
-        raise ConfigError(f'seeds: {config.seeds}; allowed: an integer >= 1')
-    strategies = _split_list('strategies', config.strategies)
-    for s in strategies:
-        if s not in transfer.STRATEGIES:
-            raise ConfigError(f'strategies: {s!r}; allowed: {", ".join(transfer.STRATEGIES)}')
-    calibration_delta = float(config.calibration_delta)
-    if calibration_delta < 0:
-        raise ConfigError(f'calibration_delta: {config.calibration_delta}; allowed: >= 0 '
-                          '(0: least squares)')
-    stack_ridge = float(config.stack_ridge)
-    if stack_ridge < 0:
-        raise ConfigError(f'stack_ridge: {config.stack_ridge}; allowed: >= 0')
-    experiment_fit.check_loss(config)
-    if not 0 < float(config.adapt_fraction) < 1:
-        raise ConfigError(f'adapt_fraction: {config.adapt_fraction}; allowed: in (0, 1)')
+        raise ConfigError('config.target: empty; allowed: an OFA CSV file')
+    shots = list(cf.int_tuple('shots', config.shots, minimum=0))
+    cf.one_int('seeds', config.seeds)
+    strategies = list(cf.str_tuple('strategies', config.strategies, transfer.STRATEGIES))
+    calibration_delta = cf.number('calibration_delta', config.calibration_delta, low=0.0)
+    stack_ridge = cf.number('stack_ridge', config.stack_ridge, low=0.0)
+    fit_job.train_params(config)
+    cf.number('adapt_fraction',
+              config.adapt_fraction,
+              low=0.0,
+              high=1.0,
+              low_open=True,
+              high_open=True)
+    cf.width(config.width)
+    cf.int_tuple('context_hidden', config.context_hidden)
+    for name in ('finetune_steps', 'full_finetune_steps'):
+        cf.one_int(name, config[name], minimum=0)
+    for name in ('finetune_lr', 'full_finetune_lr'):
+        cf.number(name, config[name], low=0.0, low_open=True)
+    cf.number('anchor_weight', config.anchor_weight, low=0.0)
     devices = _parse_map('devices', config.devices)
     batches = _parse_map('batch_sizes', config.batch_sizes)
     files = sources + [config.target]
@@ -191,7 +182,7 @@ def _train_context_model(kind, tables, parsed, config, tcfg, width):
         va_a.append(t.archs[cut:])
         va_y.append(t.latency_ms[cut:])
         va_c.append(transfer.context_rows(c, len(t) - cut))
-    hidden = tuple(int(h) for h in str(config.context_hidden).split(',') if h.strip())
+    hidden = cf.int_tuple('context_hidden', config.context_hidden)
     pred, _ = fit.fit_predictor('context_mlp',
                                 _concat(tr_a),
                                 np.concatenate(tr_y),
@@ -269,7 +260,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         # evaluation latencies are never read, not even as a device embedding.
         parsed['refs'] = refs = refs[refs < cut]
     view = target_view(target.latency_ms, allowed)
-    tcfg = experiment_fit.train_config(config)
+    tcfg = fit_job.train_params(config)
     timing = {}
     bases = {}
     strategies = parsed['strategies']
@@ -418,7 +409,7 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
     os.makedirs(workdir, exist_ok=True)
     truth = res['truth']
     out: dict[str, Any] = {
-        'sources': str(config.sources),
+        'sources': list(cf.str_tuple('sources', config.sources)),
         'target': str(config.target),
         'eval_rows': int(len(res['eval_rows'])),
         'seeds': int(config.seeds),
@@ -448,7 +439,7 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
     with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
         json.dump(out, f, indent=1)
     if best is not None:
-        experiment_fit.plot_pred_vs_measured(
+        plots.pred_vs_measured(
             os.path.join(workdir, 'pred_vs_measured.png'), best[3], truth,
             f'{best[0]}, k={best[1]} on {os.path.basename(str(config.target))}: '
             f'MAPE {best[2]:.2f}%')

@@ -1,4 +1,4 @@
-"""Library side of ``experiments/fit_predictor.py``: fit or evaluate one estimator.
+"""The fit job (``experiments/fit_predictor.py``): fit or evaluate one estimator.
 
 ``run(config, workdir)`` reads one device's latencies (an OFA CSV file, or a
 latency store plus device/batch/dtype), splits rows in file order
@@ -20,13 +20,16 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from experiments import config_fields as cf
+from experiments import plots
 from ofa_jax import csvio
-from ofa_jax import errors
 from ofa_jax import space
+from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
 from predictors import drift as drift_lib
 from predictors import features
 from predictors import fit
+from predictors import lut as lut_lib
 from predictors import metrics
 from predictors import train as train_lib
 from predictors import xla_cost
@@ -37,7 +40,7 @@ UNTRAINED = ('lut', 'xla_cost')
 # 'last_level': add the level of the latest validation rows (predictors.drift).
 DRIFT_MODES = ('none', 'last_level')
 
-ConfigError = errors.ConfigError
+ConfigError = cf.ConfigError
 
 
 def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray]:
@@ -49,22 +52,20 @@ def load_rows(config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray
     """
     path = str(config.data)
     if not path:
-        raise ConfigError('data: empty; allowed: an OFA CSV file or a latency store path')
+        raise ConfigError('config.data: empty; allowed: an OFA CSV file or a latency store path')
     if path.endswith('.csv'):
         table = csvio.read_ofa_csv(path, max_rows=config.get('max_rows') or None)
         return table.archs, table.latency_ms
-    try:
-        from ofa_jax.latency import store as store_lib  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        raise ConfigError(f'data: {path!r} is not a .csv and ofa_jax.latency.store is not '
-                          'available; allowed: an OFA CSV file') from None
     if not config.get('device'):
-        raise ConfigError('device: required with a store path; allowed: a device name in the '
-                          'store')
+        raise ConfigError('config.device: required with a store path; allowed: a device name '
+                          'in the store')
     try:
-        archs, lat = store_lib.LatencyStore(path).load_arrays(**_store_filter(config))
+        with store_lib.LatencyStore(path, readonly=True) as store:
+            archs, lat = store.load_arrays(**_store_filter(config))
+    except store_lib.StoreError as e:
+        raise ConfigError(f'config.data: {e}') from None
     except KeyError as e:
-        raise ConfigError(f'data: {e.args[0]}') from None
+        raise ConfigError(f'config.data: {e.args[0]}') from None
     archs = space.to_numpy(archs)
     if config.get('max_rows'):
         archs, lat = archs[:config.max_rows], lat[:config.max_rows]
@@ -84,81 +85,47 @@ def _store_filter(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def load_costs(config: ml_collections.ConfigDict) -> np.ndarray:
     """float64[n, 2] XLA flops and bytes accessed of :func:`load_rows`' rows (a store)."""
-    from ofa_jax.latency import store as store_lib  # pylint: disable=g-import-not-at-top
-    costs = store_lib.LatencyStore(str(config.data)).load_costs(**_store_filter(config),
-                                                                fields=xla_cost.COST_FIELDS)
+    with store_lib.LatencyStore(str(config.data), readonly=True) as store:
+        costs = store.load_costs(**_store_filter(config), fields=xla_cost.COST_FIELDS)
     return costs[:config.max_rows] if config.get('max_rows') else costs
 
 
-def split_indices(n: int, fractions: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(n: int, fractions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows in file order: first train, then validation, then test."""
-    try:
-        parts = [float(v) for v in str(fractions).split(',')]
-        if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6 or parts[2] == 0:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f'split: {fractions!r}; allowed: three non-negative fractions '
-                          'summing to 1, test > 0, e.g. "0.7,0.15,0.15"') from None
+    parts = cf.split(fractions)
     a, b = int(round(parts[0] * n)), int(round((parts[0] + parts[1]) * n))
     return np.arange(a), np.arange(a, b), np.arange(b, n)
 
 
-def train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    cfg = train_lib.default_config()
-    for k in cfg:
-        if k in config:
-            cfg[k] = config[k]
-    return cfg
-
-
-def plot_pred_vs_measured(path: str, pred: np.ndarray, true: np.ndarray, title: str) -> None:
-    """Scatter of predicted vs measured latency with the identity line (Agg backend)."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
-    ax.scatter(true, pred, s=3, alpha=0.5)
-    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], 'k--', lw=0.8)
-    ax.set_xlabel('measured latency (ms)')
-    ax.set_ylabel('predicted latency (ms)')
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def check_loss(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for an unknown ``loss`` or a ``huber_delta`` <= 0."""
+def train_params(config: ml_collections.ConfigDict) -> train_lib.TrainParams:
+    """The :class:`predictors.train.TrainParams` of a job config (ConfigError on a bad field)."""
     try:
-        train_lib.loss_function(*train_lib.loss_options(config))
+        return train_lib.TrainParams.from_mapping(config)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f'config.{e}') from None
 
 
-def _check(config: ml_collections.ConfigDict) -> None:
-    check_loss(config)
-    if config.model not in FIT_MODELS:
-        raise ConfigError(f'model: {config.model!r}; allowed: {", ".join(FIT_MODELS)}')
-    if float(config.width) not in space.WIDTHS:
-        raise ConfigError(f'width: {config.width!r}; allowed: {space.WIDTHS}')
+def check(config: ml_collections.ConfigDict) -> None:
+    """Every check of a fit config that needs no data (ConfigError naming the field)."""
+    train_params(config)
+    cf.choice('model', config.model, FIT_MODELS)
+    cf.width(config.width)
+    cf.split(config.split)
     if config.model == 'lut' and not config.lut:
-        raise ConfigError('lut: required with model=lut; allowed: an OFA yaml file or a folder '
-                          'of {r}_lookup_table.yaml')
-    if int(config.members) < 1:
-        raise ConfigError(f'members: {config.members}; allowed: an integer >= 1')
-    drift = config.get('drift', 'none')
-    if drift not in DRIFT_MODES:
-        raise ConfigError(f'drift: {drift!r}; allowed: {", ".join(DRIFT_MODES)}')
+        raise ConfigError('config.lut: required with model=lut; allowed: an OFA yaml file or a '
+                          'folder of {r}_lookup_table.yaml')
+    cf.one_int('members', config.members)
+    cf.one_int('max_rows', config.max_rows, minimum=0)
+    drift = cf.choice('drift', config.get('drift', 'none'), DRIFT_MODES)
     if drift != 'none' and config.model in UNTRAINED:
-        raise ConfigError(f'drift: {drift!r} needs a trained predictor; allowed with '
+        raise ConfigError(f'config.drift: {drift!r} needs a trained predictor; allowed with '
                           f'model={config.model}: none')
     if config.get('protocol') and str(config.data).endswith('.csv'):
-        raise ConfigError(f'protocol: {config.protocol!r} filters store rows, and data '
+        raise ConfigError(f'config.protocol: {config.protocol!r} filters store rows, and data '
                           f'{config.data!r} is a CSV file; allowed with a CSV: \'\' (empty)')
     if config.model == 'xla_cost' and str(config.data).endswith('.csv'):
-        raise ConfigError(f'data: {config.data!r} is a CSV file; model=xla_cost needs the XLA '
-                          'cost analysis of every row, which only a latency store records; '
+        raise ConfigError(f'config.data: {config.data!r} is a CSV file; model=xla_cost needs the '
+                          'XLA cost analysis of every row, which only a latency store records; '
                           'allowed: a store path (with device)')
 
 
@@ -180,7 +147,7 @@ def run(config: ml_collections.ConfigDict,
         use the same split; ``max_rows`` does not apply. Not with
         ``model=xla_cost``, which reads each row's cost from the store.
     """
-    _check(config)
+    check(config)
     if data is not None and config.model == 'xla_cost':
         raise ValueError('run: data= has no XLA costs; model=xla_cost reads its rows from the '
                          'store (data=None)')
@@ -204,8 +171,9 @@ def run(config: ml_collections.ConfigDict,
     }
     t0 = time.perf_counter()
     if config.model == 'lut':
-        from predictors import lut as lut_lib  # pylint: disable=g-import-not-at-top
-        table = lut_lib.load_lut(config.lut, width=float(config.lut_width))
+        table = lut_lib.load_lut(config.lut,
+                                 width=float(config.lut_width),
+                                 num_classes=int(config.num_classes))
         pred = np.asarray(table.predict(archs[te]), np.float64)
     elif config.model == 'xla_cost':
         costs = load_costs(config)
@@ -213,7 +181,7 @@ def run(config: ml_collections.ConfigDict,
             cost_model = xla_cost.fit(costs[tr], lat[tr])
             pred = cost_model.predict(costs[te])
         except ValueError as e:
-            raise ConfigError(f'data: {config.data!r}: {e}') from None
+            raise ConfigError(f'config.data: {config.data!r}: {e}') from None
         out['xla_cost'] = cost_model.to_dict()
     else:
         name = 'additive' if config.model.startswith('additive') else 'mlp'
@@ -227,7 +195,7 @@ def run(config: ml_collections.ConfigDict,
                                               archs[va],
                                               lat[va],
                                               fspec=fspec,
-                                              config=train_config(config),
+                                              config=train_params(config),
                                               model_kwargs=kwargs,
                                               seed=int(config.seed),
                                               num_members=int(config.members),
@@ -257,7 +225,7 @@ def run(config: ml_collections.ConfigDict,
     out.update(metrics.all_metrics(pred, lat[te]))
     with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
         json.dump(out, f, indent=1)
-    plot_pred_vs_measured(
+    plots.pred_vs_measured(
         os.path.join(workdir, 'pred_vs_measured.png'), pred, lat[te],
         f'{config.model} on {os.path.basename(str(config.data))}: '
         f'RMSE {out["rmse_ms"]:.3f} ms, MAPE {out["mape"]:.2f}%')

@@ -5,9 +5,10 @@ configuration the space produces at the chosen resolutions (stem conv, the
 fixed first block, every stage position's block for each kernel and expand
 with its input size, stride, SE and activation, then the final 1x1 conv,
 pooling, feature-mix conv and classifier), compile each layer alone with the
-same AOT machinery as whole networks (:mod:`ofa_jax.latency.measure`), time
-it, and save one ``{r}_lookup_table.yaml`` per resolution. Layers with equal
-keys at several resolutions are timed once.
+same AOT machinery as whole networks (:mod:`ofa_jax.latency.measure`) and
+time it; :func:`predictors.lut.save_lut` writes one ``{r}_lookup_table.yaml``
+per resolution (``experiments/build_lut.py`` is the job around it). Layers
+with equal keys at several resolutions are timed once.
 
 The yaml ``mean`` holds the protocol's statistic (median by default), ``std``
 the sample standard deviation and ``count`` the number of timed samples.
@@ -18,22 +19,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from ofa_jax import depthwise as dw
 from ofa_jax import layers
+from ofa_jax import progress as progress_lib
 from ofa_jax import space
 from ofa_jax import spec as spec_lib
-from ofa_jax.latency import campaign
 from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import measure
-from ofa_jax.latency import store as store_lib
 from predictors import lut
 
 
@@ -134,13 +133,14 @@ def build_lut(resolutions: Sequence[int],
     Returns:
       (LookupTable, summary with counts and times).
     """
+    depthwise = dw.resolve(depthwise, fp_lib.resolve_device(device).platform)
     per_res = {int(r): layer_modules(r, width, num_classes, depthwise) for r in resolutions}
     todo: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
     for mods in per_res.values():
         todo.update(mods)
     done = _read_cache(cache_path) if cache_path else {}
     pending = [k for k in todo if k not in done]
-    bar = campaign.Progress(len(pending), enabled=progress)
+    bar = progress_lib.Progress(len(pending), enabled=progress)
     start = time.monotonic()
     compile_s = 0.0
     for key in pending:
@@ -174,91 +174,5 @@ def build_lut(resolutions: Sequence[int],
         'timed_now': len(pending),
         'elapsed_s': time.monotonic() - start,
         'compile_s_total': compile_s,
+        'depthwise': depthwise,
     }
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Builds the LUT of ``config`` into ``WORKDIR/lut/{r}_lookup_table.yaml``.
-
-    Raises:
-      campaign.ConfigError: bad resolution, device, dtype or protocol field.
-    """
-    campaign.set_affinity(config.cpu_affinity)
-    resolutions = campaign.parse_int_list('resolutions', config.resolutions, space.RESOLUTIONS)
-    batch = campaign.parse_int_list('batch', config.batch)[0]
-    if config.dtype not in measure.DTYPES:
-        raise campaign.ConfigError(f'config.dtype: {config.dtype!r} not one of '
-                                   f'{tuple(measure.DTYPES)}')
-    if float(config.width) not in space.WIDTHS:
-        raise campaign.ConfigError(f'config.width: {config.width} not one of {space.WIDTHS}')
-    protocol = campaign.protocol_from_config(config.protocol)
-    try:
-        device = fp_lib.resolve_device(config.device)
-    except ValueError as err:
-        raise campaign.ConfigError(f'config.device: {err}') from None
-    try:
-        from ofa_jax import depthwise as dw  # pylint: disable=g-import-not-at-top
-        depthwise = (dw.default_depthwise(device.platform)
-                     if config.depthwise == 'auto' else dw.resolve(config.depthwise))
-    except ValueError as err:
-        raise campaign.ConfigError(f'config.depthwise: {err}') from None
-    out_dir = os.path.join(workdir, 'lut')
-    os.makedirs(out_dir, exist_ok=True)
-    fp = fp_lib.fingerprint(device, microbenchmarks=bool(config.microbenchmarks))
-    cache = os.path.join(
-        workdir, f'lut_layers-{fp["fingerprint_id"]}-b{batch}-{config.dtype}-'
-        f'{depthwise}-{protocol.name}.jsonl')
-    gauge = None
-    if protocol.paired:
-        # The baseline lives in the latency store, shared with the campaigns that
-        # measure whole networks on this device: both end up on one scale.
-        store_path = config.get('store', '') or os.path.join(workdir, 'latency.sqlite')
-        try:
-            store = store_lib.LatencyStore(store_path)
-        except store_lib.StoreError as err:
-            raise campaign.ConfigError(f'config.store: {err}') from None
-        try:
-            store.add_device(fp)
-            gauge = campaign.open_gauge(store,
-                                        fp['fingerprint_id'],
-                                        batch=batch,
-                                        dtype=config.dtype,
-                                        device=device,
-                                        width=float(config.width),
-                                        num_classes=int(config.num_classes),
-                                        depthwise=depthwise)
-        finally:
-            store.close()
-    table, summary = build_lut(resolutions,
-                               batch=batch,
-                               width=float(config.width),
-                               num_classes=int(config.num_classes),
-                               dtype=config.dtype,
-                               device=device,
-                               protocol=protocol,
-                               depthwise=depthwise,
-                               cache_path=cache,
-                               progress=bool(config.progress),
-                               gauge=gauge)
-    summary['paths'] = lut.save_lut(out_dir, table)
-    summary.update({
-        'fingerprint':
-            fp,
-        'protocol':
-            protocol.to_dict(),
-        'depthwise':
-            depthwise,
-        'batch':
-            batch,
-        'dtype':
-            config.dtype,
-        'gauge':
-            None if gauge is None else {
-                'arch_key': gauge.arch_key,
-                'baseline_ms': gauge.baseline_ms
-            },
-    })
-    with open(os.path.join(out_dir, 'provenance.json'), 'w') as f:
-        json.dump(summary, f, indent=1, default=str)
-    print(f'LUT with {summary["layers"]} layers -> {out_dir}', file=sys.stderr)
-    return summary

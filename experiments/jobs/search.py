@@ -1,0 +1,302 @@
+"""The search job (``experiments/search.py``): search every budget x seed, write results.
+
+``run(config, workdir)`` loads a latency estimator (a predictor checkpoint
+folder, or OFA-format yaml LUTs, which also fix the resolutions searched) and
+an optional accuracy source (OFA's ``acc_predictor.pth`` or our own accuracy
+checkpoint; without one the objective is the labelled proxy
+``'proxy:macs_millions'``), runs all budgets x seeds in one compiled, vmapped
+call and writes ``workdir/search.json``::
+
+    {"search_seconds": <wall time of the compiled call>,
+     "results": [{"budget_ms", "seed", "latency_ms", "objective",
+                  "objective_name", "feasible", "latency_evaluations",
+                  "objective_evaluations", "arch": <OFA dict>}, ...],
+     "best": [<the result of highest objective per budget, over the seeds>, ...]}
+
+plus ``workdir/pareto.png``; with ``verify`` it also measures every found arch
+on ``config.device`` through :func:`ofa_jax.latency.gauges.measure_archs` (the
+one verification path; the main job uses it too) and reports measured
+latency against the budget. Bad configuration raises :class:`ConfigError`
+naming the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import config_fields as cf
+from experiments import pareto_plot
+from ofa_jax import files
+from ofa_jax import search as search_lib
+from ofa_jax import space
+from ofa_jax.latency import gauges
+from ofa_jax.latency import measure
+from ofa_jax.latency import store as store_lib
+from ofa_jax.search import constraints, objectives
+from predictors import accuracy
+from predictors import checkpoint
+from predictors import lut
+
+ConfigError = cf.ConfigError
+
+LatencyFn = Callable[[space.Arch], Any]
+
+
+def load_latency(path: str,
+                 resolutions: Any = (),
+                 num_classes: int = 1000) -> tuple[LatencyFn, tuple[int, ...], str]:
+    """Latency estimator from a predictor checkpoint folder or OFA yaml LUT(s).
+
+    Returns:
+      (latency_fn, resolutions searched, description).
+    """
+    wanted = cf.resolutions(resolutions) if cf.items(resolutions) else None
+    if not path:
+        raise ConfigError('config.latency: empty; give a predictor checkpoint folder or a '
+                          'folder of OFA {r}_lookup_table.yaml files (--config.latency=PATH)')
+    if not os.path.exists(path):
+        raise ConfigError(f'config.latency: {path} does not exist; give a predictor checkpoint '
+                          'folder or a folder of OFA {r}_lookup_table.yaml files')
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, 'predictor.json')):
+        try:
+            predictor = checkpoint.load(path)
+        except ValueError as err:
+            raise ConfigError(f'config.latency: {err}') from None
+        res = wanted or search_lib.OFA_FINDER_RESOLUTIONS
+        return predictor, tuple(res), f'predictor checkpoint {path}'
+    is_lut = (os.path.isfile(path) and path.endswith(
+        ('.yaml', '.yml'))) or (os.path.isdir(path) and
+                                glob.glob(os.path.join(path, '*_lookup_table.y*ml')))
+    if not is_lut:
+        raise ConfigError(f'config.latency: {path} is neither a predictor checkpoint folder '
+                          '(predictor.json) nor OFA yaml lookup tables ({r}_lookup_table.yaml)')
+    try:
+        table = lut.load_lut(path, resolutions=wanted, num_classes=int(num_classes))
+    except KeyError as err:
+        raise ConfigError(f'config.resolutions: {err.args[0]}; pick resolutions the LUT '
+                          'covers') from None
+    except ValueError as err:
+        raise ConfigError(f'config.latency: {err}') from None
+    return table.predict, tuple(table.resolutions), f'OFA LUT {path}'
+
+
+def load_objective(path: str, width: float) -> objectives.Objective:
+    """Accuracy predictor (OFA .pth or our checkpoint), or the MACs proxy when empty."""
+    if not path:
+        return objectives.macs_proxy(width)
+    try:
+        return objectives.accuracy_objective(accuracy.load_any(path))
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f'config.accuracy: {err}; give OFA acc_predictor.pth or a folder saved '
+            'by predictors.accuracy.save, or leave empty for the MACs proxy') from None
+    except ValueError as err:
+        raise ConfigError(f'config.accuracy: {err}') from None
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs neither a device nor an estimator (ConfigError naming the field)."""
+    cf.float_tuple('budgets_ms', config.budgets_ms)
+    cf.one_int('seeds', config.seeds)
+    cf.one_int('seed_offset', config.seed_offset, minimum=0)
+    cf.width(config.width)
+    cf.number('max_macs', config.max_macs, low=0.0)
+    cf.number('max_params', config.max_params, low=0.0)
+    cf.one_int('population_size', config.population_size, minimum=2)
+    cf.one_int('num_generations', config.num_generations)
+    for name in ('parent_ratio', 'mutation_ratio', 'mutate_prob'):
+        cf.number(name, config[name], low=0.0, high=1.0)
+    cf.number('candidate_ratio', config.candidate_ratio, low=0.0)
+    cf.one_int('max_tries', config.max_tries, minimum=0)
+    if config.verify:
+        cf.one_int('verify_batch', config.verify_batch)
+        cf.dtype(config.dtype)
+        cf.one_int('num_classes', config.num_classes)
+        cf.choice('depthwise', config.depthwise, ('auto', 'conv', 'shifted'))
+        cf.protocol(config.protocol)
+
+
+def _one(arch: space.Arch) -> space.Arch:
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], arch)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the search described by ``config``; writes search.json and pareto.png.
+
+    Returns:
+      The ``search.json`` content (plus ``compile_seconds``).
+    """
+    check(config)
+    budgets = list(cf.float_tuple('budgets_ms', config.budgets_ms))
+    latency_fn, resolutions, latency_desc = load_latency(config.latency, config.resolutions,
+                                                         config.num_classes)
+    objective = load_objective(config.accuracy, config.width)
+
+    smallest = float(np.asarray(latency_fn(_one(space.smallest(min(resolutions)))))[0])
+    low = [b for b in budgets if b < smallest]
+    if low:
+        raise ConfigError(f'config.budgets_ms: {low} below the smallest sub-network\'s latency '
+                          f'{smallest:.3f} ms under {latency_desc} (resolution '
+                          f'{min(resolutions)}); use budgets >= {smallest:.3f}')
+    extra = constraints.all_of(
+        constraints.macs_at_most(config.max_macs, width=config.width) if config.max_macs else None,
+        constraints.params_at_most(config.max_params, width=config.width)
+        if config.max_params else None)
+    try:
+        params = search_lib.make_params(resolutions=resolutions,
+                                        population_size=int(config.population_size),
+                                        num_generations=int(config.num_generations),
+                                        mutate_prob=float(config.mutate_prob),
+                                        parent_ratio=float(config.parent_ratio),
+                                        mutation_ratio=float(config.mutation_ratio),
+                                        max_tries=int(config.max_tries),
+                                        candidate_ratio=float(config.candidate_ratio),
+                                        prng_impl=str(config.prng_impl),
+                                        objective_first=bool(config.objective_first))
+    except ValueError as err:
+        raise ConfigError(f'config.{err}') from None
+
+    search = search_lib.make_budget_search(params, objective, latency_fn, extra_constraint=extra)
+    seeds, flat = search_lib.grid(
+        budgets, range(int(config.seed_offset),
+                       int(config.seed_offset) + int(config.seeds)))
+    t0 = time.perf_counter()
+    compiled = search.lower(seeds, flat).compile()
+    t1 = time.perf_counter()
+    res = jax.block_until_ready(compiled(seeds, flat))
+    t2 = time.perf_counter()
+    res = jax.device_get(res)
+
+    results = []
+    for i, arch in enumerate(space.unstack(res.arch)):
+        results.append({
+            'budget_ms': float(res.budget[i]),
+            'seed': int(res.seed[i]),
+            'latency_ms': float(res.latency[i]),
+            'objective': float(res.objective[i]),
+            'objective_name': objective.name,
+            'feasible': bool(res.feasible[i]),
+            'latency_evaluations': int(res.evaluations[i, 0]),
+            'objective_evaluations': int(res.evaluations[i, 1]),
+            'arch': space.to_ofa_dict(arch),
+        })
+    if config.verify:
+        _verify(results, config)
+
+    os.makedirs(workdir, exist_ok=True)
+    out = {
+        'search_seconds': t2 - t1,
+        'compile_seconds': t1 - t0,
+        'latency': latency_desc,
+        'objective_name': objective.name,
+        'resolutions': list(resolutions),
+        'population_size': params.population_size,
+        'num_generations': params.num_generations,
+        'results': results,
+        'best': best_per_budget(results),
+    }
+    files.write_json(os.path.join(workdir, 'search.json'), out)
+    pareto_plot.plot_pareto(os.path.join(workdir, 'pareto.png'),
+                            res,
+                            objective_name=objective.name,
+                            latency_name=f'predicted latency (ms), {latency_desc}')
+    _print_table(out)
+    return out
+
+
+def best_per_budget(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per budget (ascending), the feasible result of highest objective over the seeds.
+
+    One search costs a fraction of a second, so searching several seeds in
+    the same call and keeping the best is the cheap way to a better arch.
+    Budgets where no seed found a feasible arch are left out.
+    """
+    best: dict[float, dict[str, Any]] = {}
+    for r in results:
+        b = r['budget_ms']
+        if r['feasible'] and (b not in best or r['objective'] > best[b]['objective']):
+            best[b] = r
+    return [best[b] for b in sorted(best)]
+
+
+def _verify(results: list[dict[str, Any]], config: ml_collections.ConfigDict) -> None:
+    """Measures every found arch on ``config.device`` (adds ``measured_ms`` to each row).
+
+    Through :func:`ofa_jax.latency.gauges.measure_archs`: with
+    ``config.verify_store`` its rows are reused and new ones added, and a
+    paired protocol uses its gauge baseline, the scale of the predictors
+    trained on it; without a store a paired protocol times a fresh baseline.
+    """
+    batch = cf.one_int('verify_batch', config.verify_batch)
+    protocol = cf.protocol(config.protocol)
+    device = cf.device(config.device)
+    depthwise = cf.depthwise(config.depthwise, device)
+    net = dict(batch=batch,
+               dtype=cf.dtype(config.dtype),
+               width=cf.width(config.width),
+               num_classes=int(config.num_classes),
+               depthwise=depthwise)
+    archs = [space.from_ofa_dict(row['arch']) for row in results]
+    if config.verify_store:
+        with contextlib.ExitStack() as stack:
+            store = stack.enter_context(cf.open_store(config.verify_store, 'verify_store'))
+            try:
+                stack.enter_context(store.writer_lease('search verify'))
+            except store_lib.StoreError as err:
+                raise ConfigError(f'config.verify_store: {err}') from None
+            fid, gauge = gauges.device_gauge(store, device, **net)
+            measured = gauges.measure_archs(
+                archs,
+                device=device,
+                protocol=protocol,
+                store=store,
+                device_id=fid,
+                gauge=gauge if protocol.paired else None,
+                provenance={'source': f'search verify {config.latency}'},
+                **net)
+    else:
+        gauge = None
+        if protocol.paired:
+            gauge = measure.Gauge.build(batch,
+                                        net['dtype'],
+                                        device,
+                                        width=net['width'],
+                                        num_classes=net['num_classes'],
+                                        depthwise=depthwise)
+        measured = gauges.measure_archs(archs, device=device, protocol=protocol, gauge=gauge, **net)
+    for row, ms in zip(results, measured):
+        row['measured_ms'] = float(ms)
+        row['measured_over_budget'] = float(ms) / row['budget_ms']
+        row['measured_protocol'] = protocol.name
+
+
+def _print_table(out: dict[str, Any]) -> None:
+    name = out['objective_name']
+    if name.startswith(objectives.PROXY_PREFIX):
+        print(f'NOTE: no accuracy source given; objective is the proxy {name!r}, not accuracy.')
+    verify = any('measured_ms' in r for r in out['results'])
+    head = f'{"budget_ms":>9} {"seed":>4} {"pred_ms":>8} {name:>20} {"ok":>3}'
+    print(head + (f' {"measured_ms":>11}' if verify else '') + '  arch')
+    for r in out['results']:
+        a = r['arch']
+        line = (f'{r["budget_ms"]:9.2f} {r["seed"]:4d} {r["latency_ms"]:8.3f} '
+                f'{r["objective"]:20.4f} {"yes" if r["feasible"] else "NO":>3}')
+        if verify:
+            line += f' {r.get("measured_ms", float("nan")):11.3f}'
+        print(line + f'  r={a["r"][0]} d={"".join(map(str, a["d"]))} '
+              f'k={"".join(map(str, a["ks"]))} e={"".join(map(str, a["e"]))}')
+    seeds = len({r['seed'] for r in out['results']})
+    if seeds > 1:
+        print(f'best of {seeds} seeds per budget: ' +
+              ', '.join(f'{r["budget_ms"]:.2f} ms: {r["objective"]:.4f} (seed {r["seed"]})'
+                        for r in out['best']))
+    print(f'search_seconds={out["search_seconds"]:.3f} (compile {out["compile_seconds"]:.1f} s, '
+          f'{len(out["results"])} searches in one call)')
