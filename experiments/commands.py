@@ -46,11 +46,13 @@ def overrides(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[st
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal values of one kind: ``1 == 1.0`` counts, ``True == 1`` and ``'1' == 1`` do not."""
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b or (isinstance(
-        a, (int, float)) and not isinstance(a, bool) and isinstance(b, (int, float)) and
-                                             not isinstance(b, bool) and a == b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+    return (numbers or type(a) is type(b)) and a == b
 
 
 def default_config(module: str) -> dict[str, Any]:

@@ -266,8 +266,3 @@ def set_affinity(value: Any, name: str = 'cpu_affinity') -> list[int]:
     if cores is not None:
         os.sched_setaffinity(0, cores)
     return fp_lib.affinity()
-
-
-def csv_of(values: Sequence[Any]) -> str:
-    """``(128, 160)`` -> ``'128,160'``: a tuple as a command-line list."""
-    return ','.join(str(v) for v in values)

@@ -103,38 +103,34 @@ def measure_archs(archs: Sequence[space.Arch],
     depthwise = dw.resolve(depthwise, dev.platform)
     if store is not None and not device_id:
         raise ValueError('measure_archs: device_id is required with a store')
+
+    def key_of(arch_key: str) -> store_lib.RowKey:
+        return store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name, float(width),
+                                int(num_classes), depthwise)
+
+    # Rows already stored under these keys, read once: arch key -> latency.
     cache: dict[str, float] = {}
+    if store is not None:
+        cache = {
+            row.key.arch_key: row.latency_ms
+            for row in store.rows(device_id, batch=int(batch), dtype=dtype, protocol=protocol.name)
+            if row.key == key_of(row.key.arch_key)
+        }
     out = []
     for arch in archs:
         arch_key = space.arch_key(arch)
         if arch_key not in cache:
-            key = store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name,
-                                   float(width), int(num_classes), depthwise)
-            row = _stored(store, key) if store is not None else None
-            if row is not None:
-                cache[arch_key] = row.latency_ms
-            else:
-                result = measure.measure_latency(arch,
-                                                 int(batch),
-                                                 dtype,
-                                                 dev,
-                                                 protocol,
-                                                 width=width,
-                                                 num_classes=num_classes,
-                                                 depthwise=depthwise,
-                                                 gauge=gauge)
-                if store is not None:
-                    store.add_result(key, result, provenance=dict(provenance or {}))
-                cache[arch_key] = result.latency_ms
+            result = measure.measure_latency(arch,
+                                             int(batch),
+                                             dtype,
+                                             dev,
+                                             protocol,
+                                             width=width,
+                                             num_classes=num_classes,
+                                             depthwise=depthwise,
+                                             gauge=gauge)
+            if store is not None:
+                store.add_result(key_of(arch_key), result, provenance=dict(provenance or {}))
+            cache[arch_key] = result.latency_ms
         out.append(cache[arch_key])
     return out
-
-
-def _stored(store: store_lib.LatencyStore, key: store_lib.RowKey) -> store_lib.Row | None:
-    """The stored row of ``key``, if any."""
-    if not store.has(key):
-        return None
-    for row in store.rows(key.device, batch=key.batch, dtype=key.dtype, protocol=key.protocol):
-        if row.key == key:
-            return row
-    return None
