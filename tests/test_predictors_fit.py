@@ -12,6 +12,7 @@ from experiments.configs import fit_predictor as fit_config
 from experiments.jobs import fit_predictor as experiment_fit
 from experiments.jobs import main as main_job
 from ofa_jax import csvio
+from ofa_jax import dataset
 from ofa_jax import external_data
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
@@ -19,6 +20,12 @@ from predictors import checkpoint
 from predictors import xla_cost
 
 EXTERNAL = external_data.root()
+
+
+def _merged_split(archs, lat, split):
+    """The fit job's rows after merging repeats, and its split of them."""
+    merged = dataset.dedupe(archs, lat, 'mean')
+    return (merged, *experiment_fit.split_indices(merged.num_rows, split))
 
 
 class FitExperimentTest(absltest.TestCase):
@@ -47,7 +54,16 @@ class FitExperimentTest(absltest.TestCase):
             saved = json.load(f)
         for key in ('rmse_ms', 'mae_ms', 'mape', 'acc5', 'acc10', 'kendall_tau', 'spearman'):
             self.assertIn(key, saved)
-        self.assertEqual(saved['rows'], {'train': 140, 'val': 30, 'test': 30})
+        self.assertEqual(
+            saved['rows'], {
+                'read': 200,
+                'distinct': 200,
+                'duplicates_merged': 0,
+                'merge': 'mean',
+                'train': 140,
+                'val': 30,
+                'test': 30
+            })
         self.assertEqual(set(out), set(saved) | {'test_pred_ms'})
         self.assertLess(out['mape'], 10.0)  # plumbing test: 140 rows, 362 table entries
         self.assertTrue(os.path.exists(os.path.join(work, 'pred_vs_measured.png')))
@@ -59,12 +75,60 @@ class FitExperimentTest(absltest.TestCase):
         # config.data only labels them and is never read.
         cfg.data = os.path.join(folder, 'not_there.sqlite')
         out = experiment_fit.run(cfg, work, data=(archs[:100], lat[:100]))
-        self.assertEqual(out['rows'], {'train': 70, 'val': 15, 'test': 15})
+        self.assertEqual([out['rows'][k] for k in ('read', 'train', 'val', 'test')],
+                         [100, 70, 15, 15])
         with self.assertRaisesRegex(ValueError, '100 archs and latencies of shape'):
             experiment_fit.run(cfg, work, data=(archs[:100], lat[:99]))
         cfg.model = 'xla_cost'
         with self.assertRaisesRegex(ValueError, 'no XLA costs'):
             experiment_fit.run(cfg, work, data=(archs[:100], lat[:100]))
+
+    def test_repeated_archs_are_merged_before_the_split(self):
+        folder = self.create_tempdir().full_path
+        archs = space.sample_np(np.random.default_rng(1), 60, resolutions=(160,))
+        lat = 2.0 + np.asarray(archs.depth).sum(-1) * 0.3
+        # Each of the first 20 archs comes back later, 1 ms slower: 80 rows, 60 archs.
+        again = np.concatenate([np.arange(60), np.arange(20)])
+        rows = archs[again]
+        y = np.concatenate([lat, lat[:20] + 1.0])
+        path = os.path.join(folder, 'dup.csv')
+        csvio.write_ofa_csv(path, rows, y)
+        cfg = fit_config.get_config()
+        cfg.data = path
+        cfg.max_steps = 2
+        out = experiment_fit.run(cfg, os.path.join(folder, 'w'))
+        self.assertEqual(
+            [out['rows'][k] for k in ('read', 'distinct', 'duplicates_merged', 'merge')],
+            [80, 60, 20, 'mean'])
+        self.assertEqual(out['rows']['train'] + out['rows']['val'] + out['rows']['test'], 60)
+        # The merged latency is the mean of the arch's rows, and the split is of
+        # distinct archs: every test arch appears once, none of them in training.
+        merged, tr, va, te = _merged_split(rows, y, cfg.split)
+        np.testing.assert_allclose(merged.latency_ms[:20], lat[:20] + 0.5)
+        train_keys = {
+            space.arch_key(a) for a in space.unstack(merged.archs[np.concatenate([tr, va])])
+        }
+        test_keys = [space.arch_key(a) for a in space.unstack(merged.archs[te])]
+        self.assertEqual(len(set(test_keys)), len(test_keys))
+        self.assertFalse(train_keys & set(test_keys))
+        merged_first = experiment_fit.merge_duplicates(rows, y, 'first')
+        np.testing.assert_allclose(merged_first[1][:20], lat[:20])
+        cfg.duplicates = 'max'
+        with self.assertRaisesRegex(experiment_fit.ConfigError,
+                                    r"config.duplicates: 'max'.*allowed: mean, median, first"):
+            experiment_fit.run(cfg, os.path.join(folder, 'w'))
+
+    def test_too_few_archs_is_a_config_error(self):
+        folder = self.create_tempdir().full_path
+        archs = space.sample_np(np.random.default_rng(2), 2, resolutions=(160,))
+        path = os.path.join(folder, 'two.csv')
+        # Three rows, two distinct archs: merged to 2, below the minimum.
+        csvio.write_ofa_csv(path, archs[np.array([0, 1, 0])], np.array([1.0, 2.0, 1.2]))
+        cfg = fit_config.get_config()
+        cfg.data = path
+        with self.assertRaisesRegex(experiment_fit.ConfigError,
+                                    r'2 distinct archs split .*allowed: >= 5 archs'):
+            experiment_fit.run(cfg, os.path.join(folder, 'w'))
 
     def test_store_rows_by_protocol_and_width(self):
         folder = self.create_tempdir().full_path

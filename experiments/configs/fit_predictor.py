@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.lut_width = 1.2
     c.num_classes = 1000  # model=lut: classifier size of the table's networks
     c.split = (0.7, 0.15, 0.15)  # file order: train, validation, test
+    # Rows repeating an arch are merged before the split: mean | median | first.
+    c.duplicates = 'mean'
     c.drift = 'none'  # none | last_level: offset to the latest validation rows' level
     c.seed = 0
     c.members = 1  # ensemble size, trained at once with jax.vmap

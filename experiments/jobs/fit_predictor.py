@@ -1,7 +1,9 @@
 """The fit job (``experiments/fit_predictor.py``): fit or evaluate one estimator.
 
 ``run(config, workdir)`` reads one device's latencies (an OFA CSV file, or a
-latency store plus device/batch/dtype), splits rows in file order
+latency store plus device/batch/dtype), merges rows that repeat an arch into
+one (``config.duplicates``, so no arch lands in two splits; the count goes to
+``metrics.json``), splits rows in file order
 (default 70/15/15, the 2101.00732 split), trains the chosen model (or loads a
 lookup table for ``model=lut``, or fits XLA's cost analysis for
 ``model=xla_cost``: :mod:`predictors.xla_cost`, store rows only) and writes to
@@ -12,7 +14,6 @@ lookup table for ``model=lut``, or fits XLA's cost analysis for
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -23,6 +24,8 @@ import numpy as np
 from experiments import config_fields as cf
 from experiments import plots
 from ofa_jax import csvio
+from ofa_jax import dataset
+from ofa_jax import files
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
@@ -39,6 +42,10 @@ FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut', 'xla_cost')
 UNTRAINED = ('lut', 'xla_cost')
 # 'last_level': add the level of the latest validation rows (predictors.drift).
 DRIFT_MODES = ('none', 'last_level')
+# How rows that repeat an arch are merged (ofa_jax.dataset.dedupe), before the split.
+DUPLICATE_MODES = dataset.HOW
+# Fewest distinct archs a trained model is fitted on (one per split, and a few to train on).
+MIN_ROWS = 5
 
 ConfigError = cf.ConfigError
 
@@ -90,6 +97,27 @@ def load_costs(config: ml_collections.ConfigDict) -> np.ndarray:
     return costs[:config.max_rows] if config.get('max_rows') else costs
 
 
+def merge_duplicates(archs: space.Arch, lat: np.ndarray,
+                     how: str) -> tuple[space.Arch, np.ndarray, dict[str, Any]]:
+    """One row per distinct arch, in order of first appearance, and the counts.
+
+    Repeated archs would otherwise cross the train/test split and score memory
+    as prediction. Returns (archs, latency_ms, counts) with counts ``read``
+    (rows in), ``distinct`` (rows out), ``duplicates_merged`` and ``merge``
+    (the ``how``).
+    """
+    merged = dataset.dedupe(archs, lat, how)
+    counts = {
+        'read': merged.groups.num_rows,
+        'distinct': merged.num_rows,
+        'duplicates_merged': merged.num_duplicates,
+        'merge': how,
+    }
+    if not merged.num_duplicates:  # Keep the caller's arrays (and their exact order).
+        return archs, lat, counts
+    return merged.archs, merged.latency_ms, counts
+
+
 def split_indices(n: int, fractions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows in file order: first train, then validation, then test."""
     parts = cf.split(fractions)
@@ -116,6 +144,7 @@ def check(config: ml_collections.ConfigDict) -> None:
                           'folder of {r}_lookup_table.yaml')
     cf.one_int('members', config.members)
     cf.one_int('max_rows', config.max_rows, minimum=0)
+    cf.choice('duplicates', config.get('duplicates', 'mean'), DUPLICATE_MODES)
     drift = cf.choice('drift', config.get('drift', 'none'), DRIFT_MODES)
     if drift != 'none' and config.model in UNTRAINED:
         raise ConfigError(f'config.drift: {drift!r} needs a trained predictor; allowed with '
@@ -159,15 +188,18 @@ def run(config: ml_collections.ConfigDict,
         if lat.shape != (len(archs),):
             raise ValueError(f'run: data= has {len(archs)} archs and latencies of shape '
                              f'{lat.shape}')
+    archs, lat, hygiene = merge_duplicates(archs, lat, str(config.get('duplicates', 'mean')))
     tr, va, te = split_indices(len(lat), config.split)
+    trained = config.model not in UNTRAINED
+    if not len(te) or (trained and (min(len(tr), len(va)) < 1 or len(lat) < MIN_ROWS)):
+        raise ConfigError(f'config.data: {config.data!r}: {hygiene["distinct"]} distinct archs '
+                          f'split {len(tr)}/{len(va)}/{len(te)} (train/val/test) by '
+                          f'split={tuple(config.split)}; allowed: >= {MIN_ROWS} archs and at '
+                          'least one in each split (a test row for lut and xla_cost)')
     out: dict[str, Any] = {
         'data': str(config.data),
         'model': config.model,
-        'rows': {
-            'train': len(tr),
-            'val': len(va),
-            'test': len(te)
-        }
+        'rows': dict(hygiene, train=len(tr), val=len(va), test=len(te)),
     }
     t0 = time.perf_counter()
     if config.model == 'lut':
@@ -223,8 +255,7 @@ def run(config: ml_collections.ConfigDict,
         raise ValueError(f'{config.model}: non-finite predictions on '
                          f'{int((~np.isfinite(pred)).sum())} test rows (resolution not covered?)')
     out.update(metrics.all_metrics(pred, lat[te]))
-    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-        json.dump(out, f, indent=1)
+    files.write_json(os.path.join(workdir, 'metrics.json'), out)
     plots.pred_vs_measured(
         os.path.join(workdir, 'pred_vs_measured.png'), pred, lat[te],
         f'{config.model} on {os.path.basename(str(config.data))}: '
