@@ -136,6 +136,18 @@ class TransferTest(absltest.TestCase):
             with self.assertRaisesRegex(experiment_transfer.ConfigError, message):
                 experiment_transfer.parse_config(cfg)
 
+    def test_eval_rows_repeating_an_adaptation_arch_are_dropped(self):
+        archs = space.sample_np(np.random.default_rng(3), 10, resolutions=(160,))
+        # Rows 0-5 adapt; 6-9 and 10-12 evaluate; 10 repeats arch 2 (an
+        # adaptation arch) and 11 and 12 repeat evaluation arch 7.
+        rows = archs[np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 7, 7])]
+        keep, dropped = experiment_transfer.leak_free_eval_rows(rows, 6)
+        np.testing.assert_array_equal(keep, [6, 7, 8, 9])
+        self.assertEqual(dropped, {'dropped_seen_in_adaptation': 1, 'dropped_repeats': 2})
+        keep, dropped = experiment_transfer.leak_free_eval_rows(archs, 6)
+        np.testing.assert_array_equal(keep, [6, 7, 8, 9])
+        self.assertEqual(sum(dropped.values()), 0)
+
     def test_eval_rows_never_read(self):
         clean = self.create_tempdir('clean').full_path
         dirty = self.create_tempdir('dirty').full_path
@@ -150,6 +162,10 @@ class TransferTest(absltest.TestCase):
         work = os.path.join(clean, 'work')
         summary = experiment_transfer.summarize(a, cfg, work)
         self.assertIn('mape', summary['metrics']['paper_head']['5'])
+        self.assertEqual(summary['eval_rows_dropped'], {
+            'dropped_seen_in_adaptation': 0,
+            'dropped_repeats': 0
+        })
         for name in ('metrics.json', 'pred_vs_measured.png'):
             self.assertTrue(os.path.exists(os.path.join(work, name)))
         np.testing.assert_array_equal(a['eval_rows'], np.arange(96, 120))

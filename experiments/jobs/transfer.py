@@ -44,6 +44,8 @@ from experiments import config_fields as cf
 from experiments import plots
 from experiments.jobs import fit_predictor as fit_job
 from ofa_jax import csvio
+from ofa_jax import dataset
+from ofa_jax import files
 from ofa_jax import hardware
 from ofa_jax import space
 from predictors import checkpoint
@@ -230,6 +232,27 @@ def _concat(archs_list):
     ])
 
 
+def leak_free_eval_rows(archs: space.Arch, cut: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Evaluation rows past ``cut`` that repeat no arch of the adaptation rows, nor each other.
+
+    Shots are drawn from rows ``[0, cut)``; an evaluation row timing an arch
+    of those rows (or one already evaluated) would score memory. Returns the
+    kept row indices and the counts dropped (``dropped_seen_in_adaptation``,
+    ``dropped_repeats``).
+    """
+    ids = dataset.arch_groups(archs).ids
+    later = ids[cut:]
+    in_adapt = np.isin(later, ids[:cut])
+    _, first = np.unique(later, return_index=True)
+    is_first = np.zeros(later.shape, bool)
+    is_first[first] = True
+    keep = np.flatnonzero(~in_adapt & is_first) + cut
+    return keep.astype(np.int64), {
+        'dropped_seen_in_adaptation': int(in_adapt.sum()),
+        'dropped_repeats': int((~in_adapt & ~is_first).sum())
+    }
+
+
 def transfer_predictions(config: ml_collections.ConfigDict,
                          workdir: str | None = None) -> dict[str, Any]:
     """Trains, adapts and predicts; returns predictions on the evaluation rows.
@@ -251,7 +274,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
     n = len(target)
     cut = int(float(config.adapt_fraction) * n)
     allowed = np.arange(cut)
-    eval_rows = np.arange(cut, n)
+    eval_rows, hygiene = leak_free_eval_rows(target.archs, cut)
     refs = parsed['refs']
     if refs is not None:
         if refs.max() >= min(len(t) for t in tables.values()):
@@ -391,6 +414,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                     } for strat, by_k in calibration.items()
                 },
                 eval_rows=eval_rows,
+                eval_hygiene=hygiene,
                 allowed_rows=allowed,
                 shots=shots_used,
                 timing=timing,
@@ -412,6 +436,7 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
         'sources': list(cf.str_tuple('sources', config.sources)),
         'target': str(config.target),
         'eval_rows': int(len(res['eval_rows'])),
+        'eval_rows_dropped': res.get('eval_hygiene', {}),
         'seeds': int(config.seeds),
         'timing': res['timing'],
         'metrics': {},
@@ -436,8 +461,7 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
             out['metrics'][strat][str(k)] = entry
             if k == max(by_k) and (best is None or entry['mape'] < best[2]):
                 best = (strat, k, entry['mape'], p[0])
-    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-        json.dump(out, f, indent=1)
+    files.write_json(os.path.join(workdir, 'metrics.json'), out)
     if best is not None:
         plots.pred_vs_measured(
             os.path.join(workdir, 'pred_vs_measured.png'), best[3], truth,
