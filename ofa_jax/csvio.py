@@ -20,12 +20,14 @@ import ast
 import codecs
 import csv
 import dataclasses
+import io
 import math
 import os
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ofa_jax import files
 from ofa_jax import space
 
 # Latencies outside [MIN_LATENCY_MS, MAX_LATENCY_MS] are refused: below 1 ns or
@@ -236,14 +238,12 @@ def write_ofa_csv(path: str | os.PathLike,
         if len(values) != len(archs):
             raise ValueError(f'write_ofa_csv: column {name!r} has {len(values)} values, '
                              f'expected {len(archs)}')
-    path = os.fspath(path)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['child_arch', 'latency', *extra])
-        for i, (arch, latency) in enumerate(zip(archs, latency_ms)):
-            writer.writerow([
-                space.format_child_arch(arch),
-                repr(latency), *(values[i] for values in extra.values())
-            ])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline='')
+    writer = csv.writer(buf)
+    writer.writerow(['child_arch', 'latency', *extra])
+    for i, (arch, latency) in enumerate(zip(archs, latency_ms)):
+        writer.writerow([
+            space.format_child_arch(arch),
+            repr(latency), *(values[i] for values in extra.values())
+        ])
+    files.write_text(path, buf.getvalue())

@@ -9,7 +9,6 @@ at 224 and 128. ``experiments/main.py`` is a thin absl wrapper around it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import numpy as np
 
 from ofa_jax import counts
 from ofa_jax import extract
+from ofa_jax import files
 from ofa_jax import space
 from ofa_jax import subnet
 from ofa_jax import supernet
@@ -103,7 +103,6 @@ def run(workdir: str | None,
     log(format_table(result['sizes']))
     if workdir:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-            json.dump(result, f, indent=1, default=int)
+        files.write_json(os.path.join(workdir, 'summary.json'), result, default=int)
         log(f"wrote {os.path.join(workdir, 'summary.json')}")
     return result

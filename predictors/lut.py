@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from ofa_jax import files
 from ofa_jax import space
 from ofa_jax import spec as spec_lib
 
@@ -215,7 +216,7 @@ def read_lut_yaml(path: str | os.PathLike) -> dict[str, LutEntry]:
 
 
 def write_lut_yaml(path: str | os.PathLike, entries: Mapping[str, LutEntry]) -> None:
-    """Writes one table in OFA's yaml format (atomically: temp file + rename)."""
+    """Writes one table in OFA's yaml format (atomically: temp file, fsync, rename)."""
     path = os.fspath(path)
     data = {
         k: {
@@ -224,10 +225,7 @@ def write_lut_yaml(path: str | os.PathLike, entries: Mapping[str, LutEntry]) -> 
             'std': float(v.std)
         } for k, v in sorted(entries.items())
     }
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(data, f, sort_keys=True, default_flow_style=False)
-    os.replace(tmp, path)
+    files.write_text(path, yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
 
 
 def _resolutions_in(entries: Mapping[str, LutEntry]) -> list[int]:
@@ -418,10 +416,10 @@ def load_lut(path_or_dir: str | os.PathLike,
     path = os.fspath(path_or_dir)
     tables: dict[int, dict[str, LutEntry]] = {}
     if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, '*_lookup_table.y*ml')))
-        if not files:
+        found = sorted(glob.glob(os.path.join(path, '*_lookup_table.y*ml')))
+        if not found:
             raise FileNotFoundError(f'{path}: folder has no {{r}}_lookup_table.yaml files')
-        for f in files:
+        for f in found:
             m = _FILE_RE.match(os.path.basename(f))
             if not m:
                 continue

@@ -101,9 +101,9 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     cf.number('anchor_weight', config.anchor_weight, low=0.0)
     devices = _parse_map('devices', config.devices)
     batches = _parse_map('batch_sizes', config.batch_sizes)
-    files = sources + [config.target]
+    paths = sources + [config.target]
     dev, bsz = {}, {}
-    for f in files:
+    for f in paths:
         name = _lookup_map(devices, f)
         if name is not None and hardware.lookup(name) is None:
             raise ConfigError(f'devices: unknown device {name!r} for {f}; allowed: '
@@ -119,8 +119,8 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 raise ValueError
         except ValueError:
             raise ConfigError(f'batch_sizes: {b!r} for {f}; allowed: an integer >= 1') from None
-    if any(s.startswith('hw') for s in strategies) and any(dev[f] is None for f in files):
-        missing = [f for f in files if dev[f] is None]
+    if any(s.startswith('hw') for s in strategies) and any(dev[f] is None for f in paths):
+        missing = [f for f in paths if dev[f] is None]
         raise ConfigError(f'devices: no device for {missing} (needed by the hw strategies); '
                           f'allowed names: {", ".join(hardware.names())}')
     refs = None

@@ -58,6 +58,7 @@ import numpy as np
 
 from ofa_jax import csvio
 from ofa_jax import depthwise as dw_lib
+from ofa_jax import files
 from ofa_jax import space
 
 SCHEMA_VERSION = 1
@@ -1140,8 +1141,7 @@ class LatencyStore:
             'finished_at': [r.finished_at or '' for r in rows],
         }
         if not rows:
-            with open(path, 'w') as f:
-                f.write('child_arch,latency,' + ','.join(extra) + '\n')
+            files.write_text(path, 'child_arch,latency,' + ','.join(extra) + '\n')
             return 0
         csvio.write_ofa_csv(path, archs, [r.latency_ms for r in rows], extra)
         return len(rows)
