@@ -26,7 +26,7 @@ loop over architectures (numpy in, numpy out; jax arrays work too, under jit).
 XLA's ``cost_analysis()['flops']`` of the compiled static sub-network counts
 differently: a MAC is 2 flops, and it also counts BatchNorm (folded or not),
 activations, SE gating, residual adds, pooling and bias adds, so its flops
-are a few percent above ``2 * macs`` (tested in ``tests/test_counts.py``).
+are a few percent above ``2 * macs`` (tested in ``tests/predictors/test_counts.py``).
 """
 
 from __future__ import annotations

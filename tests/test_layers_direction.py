@@ -81,5 +81,39 @@ class ImportDirectionTest(parameterized.TestCase):
         self.assertEqual(bad, [])
 
 
+LAYERS = ('ofa_jax', 'predictors', 'experiments')  # Lowest first.
+
+
+def layer_of(path: str) -> str:
+    """The layer a test belongs to: the highest of our packages it imports."""
+    used = {module for _, module in imported_modules(path)}
+    return max((LAYERS.index(m) for m in used if m in LAYERS), default=0)
+
+
+class TestLayoutTest(absltest.TestCase):
+
+    def test_each_test_sits_in_its_layers_folder(self):
+        tests = os.path.join(ROOT, 'tests')
+        loose = sorted(n for n in os.listdir(tests)
+                       if n.startswith('test_') and n != 'test_layers_direction.py')
+        self.assertEqual(loose, [], 'tests belong in tests/<layer>/')
+        wrong, names = [], []
+        for layer in LAYERS:
+            folder = os.path.join(tests, layer)
+            found = sorted(
+                n for n in os.listdir(folder) if n.startswith('test_') and n.endswith('.py'))
+            self.assertNotEmpty(found, folder)
+            for name in found:
+                names.append(name)
+                want = LAYERS[layer_of(os.path.join(folder, name))]
+                if want != layer:
+                    wrong.append(f'tests/{layer}/{name} imports {want}: belongs in tests/{want}/')
+            # No __init__.py: a package named like ours would shadow it on import.
+            self.assertFalse(os.path.exists(os.path.join(folder, '__init__.py')), folder)
+        self.assertEqual(wrong, [])
+        # pytest imports test files by base name (no packages): names must differ.
+        self.assertEqual(len(names), len(set(names)))
+
+
 if __name__ == '__main__':
     absltest.main()

@@ -13,7 +13,7 @@ from ofa_jax import csvio
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def _keys(n, device='dev', seed=0, batch=1):

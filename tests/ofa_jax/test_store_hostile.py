@@ -26,7 +26,7 @@ import numpy as np
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 _ENV = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
 _KEY = store_lib.RowKey('dev', space.arch_key(space.smallest(128)), 1, 'float32', 'p-test')
 

@@ -4,10 +4,13 @@ import json
 import os
 
 from absl.testing import absltest
+import numpy as np
 
+from experiments import pareto_plot
 from experiments.configs import search as search_config
 from experiments.jobs import search as experiment
 from ofa_jax import external_data
+from ofa_jax import search
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 
@@ -82,6 +85,23 @@ class ExperimentTest(absltest.TestCase):
         self.assertAlmostEqual(row['measured_over_budget'], row['measured_ms'] / 15.0, places=5)
         with store_lib.LatencyStore(store_path) as store:
             self.assertLen(store.meta_items('gauge_baseline_ms/'), 1)  # Recorded for reuse.
+
+
+class ParetoPlotTest(absltest.TestCase):
+
+    def test_plot_writes_png(self):
+        n = 4
+        res = search.BudgetResults(budget=np.array([1., 2., 3., 4.]),
+                                   seed=np.zeros(n, np.int32),
+                                   arch=None,
+                                   objective=np.array([.1, .2, .25, .3]),
+                                   latency=np.array([.9, 1.9, 2.5, 3.9]),
+                                   feasible=np.array([True, True, True, False]),
+                                   history=np.zeros((n, 2)),
+                                   evaluations=np.zeros((n, 2), np.int32))
+        path = os.path.join(self.create_tempdir().full_path, 'p.png')
+        pareto_plot.plot_pareto(path, res, objective_name='proxy:macs', reference={2.0: 0.2})
+        self.assertGreater(os.path.getsize(path), 1000)
 
 
 if __name__ == '__main__':

@@ -151,7 +151,7 @@ class TrainParamsTest(absltest.TestCase):
     def test_predictors_need_no_ml_collections(self):
         code = ('import sys; import predictors.train, predictors.fit, predictors.transfer; '
                 'print("ml_collections" in sys.modules)')
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
         out = subprocess.run([sys.executable, '-c', code],
                              capture_output=True,
                              text=True,

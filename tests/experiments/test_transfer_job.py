@@ -14,6 +14,8 @@ from ofa_jax import csvio
 from ofa_jax import space
 from predictors import transfer
 
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+
 
 def _write_devices(folder, n=120, poison_eval=False):
     rng = np.random.default_rng(0)
@@ -202,7 +204,7 @@ class TransferTest(absltest.TestCase):
         ],
                               capture_output=True,
                               text=True,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                              cwd=_ROOT)
         self.assertEqual(proc.returncode, 2)
         self.assertIn('shots', proc.stderr.strip().splitlines()[-1])
 

@@ -1,6 +1,5 @@
 """Tests for ofa_jax.search: feasibility, compile-once, quality vs random search."""
 
-import os
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -380,21 +379,6 @@ class ParetoTest(absltest.TestCase):
         lat = np.array([1.0, 2.0, 2.0, 3.0, 4.0])
         obj = np.array([0.5, 0.4, 0.7, 0.6, 0.9])
         np.testing.assert_array_equal(search.pareto_front(lat, obj), [1, 0, 1, 0, 1])
-
-    def test_plot_writes_png(self):
-        n = 4
-        res = search.BudgetResults(budget=np.array([1., 2., 3., 4.]),
-                                   seed=np.zeros(n, np.int32),
-                                   arch=None,
-                                   objective=np.array([.1, .2, .25, .3]),
-                                   latency=np.array([.9, 1.9, 2.5, 3.9]),
-                                   feasible=np.array([True, True, True, False]),
-                                   history=np.zeros((n, 2)),
-                                   evaluations=np.zeros((n, 2), np.int32))
-        from experiments import pareto_plot
-        path = os.path.join(self.create_tempdir().full_path, 'p.png')
-        pareto_plot.plot_pareto(path, res, objective_name='proxy:macs', reference={2.0: 0.2})
-        self.assertGreater(os.path.getsize(path), 1000)
 
     def test_library_does_not_import_matplotlib(self):
         import subprocess

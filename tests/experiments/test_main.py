@@ -20,7 +20,7 @@ from experiments import commands
 from experiments.configs import main as main_config
 from experiments.jobs import main as main_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def _env():

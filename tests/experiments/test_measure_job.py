@@ -18,7 +18,7 @@ from ofa_jax.latency import gauges
 from ofa_jax.latency import store as store_lib
 from experiments.configs import measure_latency as config_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def _fast_args(store, workdir, num_archs=3):
