@@ -83,12 +83,9 @@ def active_kernels(kernel7: jax.Array, m75: jax.Array, m53: jax.Array) -> dict[i
     return {7: kernel7, 5: k5, 3: k3}
 
 
-def _select(value: jax.Array, choices: tuple[int, ...], table: tuple[int, ...]) -> jax.Array:
-    """table[i] where value == choices[i] (traced value, static tables)."""
-    out = jnp.asarray(table[-1], jnp.int32)
-    for c, t in zip(choices[:-1], table[:-1]):
-        out = jnp.where(value == c, t, out)
-    return out
+def _per_expand(expand: jax.Array, table: tuple[int, ...]) -> jax.Array:
+    """``table[i]`` for the traced expand ratio ``expand == EXPAND_CHOICES[i]`` (int32)."""
+    return jnp.asarray(table, jnp.int32)[space.expand_index(expand)]
 
 
 class ElasticDepthwiseConv(nn.Module):
@@ -150,10 +147,10 @@ class DynamicMBConv(nn.Module):
         stage, index = divmod(pos, space.MAX_DEPTH)
         cin, cout = net.block_in_channels(pos), net.block_out_channels(pos)
         act = spec.STAGE_ACTS[stage]
-        stride = spec.STAGE_STRIDES[stage] if index == 0 else 1
+        stride = spec.position_stride(pos)
         max_mid = net.max_mid_channels(pos)
         mids = tuple(net.mid_channels(pos, e) for e in space.EXPAND_CHOICES)
-        mid = _select(expand, space.EXPAND_CHOICES, mids)
+        mid = _per_expand(expand, mids)
         mid_mask = jnp.arange(max_mid) < mid
         update = mid_mask & active
 
@@ -164,7 +161,7 @@ class DynamicMBConv(nn.Module):
         # exactly the active sub-network's channels.
         y = jnp.where(mid_mask, y, 0.0)
         if spec.STAGE_SE[stage]:
-            squeeze = _select(expand, space.EXPAND_CHOICES, tuple(net.se_channels(m) for m in mids))
+            squeeze = _per_expand(expand, tuple(net.se_channels(m) for m in mids))
             max_squeeze = net.se_channels(max_mid)
             y = DynamicSqueezeExcite(max_mid, max_squeeze, name='se')(y, jnp.arange(max_squeeze)
                                                                       < squeeze)
