@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import space
+from predictors import conformal
 from predictors import features
 from predictors import models
 from predictors import train as train_lib
@@ -75,6 +76,9 @@ class Predictor:
       meta: JSON-able metadata (device, batch size, config, data).
       offset_ms: added to every prediction: the device's current level
         relative to the training rows (:func:`predictors.drift.last_level`).
+      calibration: split-conformal calibration on held-out rows
+        (:class:`predictors.conformal.Calibration`, ``conformal.json`` in the
+        checkpoint folder), or None; :meth:`upper` needs it.
     """
 
     model_name: str
@@ -86,6 +90,7 @@ class Predictor:
     context: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.float32))
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     offset_ms: float = 0.0
+    calibration: Any = None
 
     def __post_init__(self):
         self.offset_ms = float(self.offset_ms)
@@ -206,6 +211,19 @@ class Predictor:
         Predictions agree with ``self(archs)`` to float32 rounding.
         """
         return compile_scorer(self, batch_size, fuse_dots=fuse_dots)
+
+    def upper(self, archs: space.Arch, coverage: float) -> jnp.ndarray:
+        """Upper bounds (ms) that the measured latency stays under with probability ``coverage``.
+
+        Split-conformal on the held-out rows of :attr:`calibration`
+        (:mod:`predictors.conformal`); jittable. ValueError when the checkpoint
+        has no calibration or too few rows for ``coverage``.
+        """
+        if self.calibration is None:
+            raise ValueError('upper: this predictor has no calibration (conformal.json); fit it '
+                             'with experiments.fit_predictor, or conformal.fit(...) on held-out '
+                             'rows and replace(calibration=...)')
+        return self.calibration.bound_fn(self, coverage)(archs)
 
     def replace(self, **changes) -> 'Predictor':
         """A copy with some fields changed (e.g. ``params`` or ``context``)."""
@@ -401,6 +419,8 @@ def save(predictor: Predictor, directory: str | os.PathLike) -> str:
         'offset_ms': predictor.offset_ms,
     }
     write_files(directory, predictor.params, meta)
+    if predictor.calibration is not None:
+        predictor.calibration.save(os.path.join(directory, conformal.FILE))
     return directory
 
 
@@ -606,4 +626,10 @@ def load(directory: str | os.PathLike) -> Predictor:
                        expected,
                        os.path.join(directory, PARAMS_FILE),
                        members=predictor.ensemble)
+    cal_path = os.path.join(directory, conformal.FILE)
+    if os.path.exists(cal_path):
+        try:
+            predictor.calibration = conformal.load(cal_path)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     return predictor

@@ -41,6 +41,20 @@ def get_config() -> ml_collections.ConfigDict:
     # results, fewer rows when the latency estimator is an MLP predictor.
     c.objective_first = False
 
+    # Budget safety: search under the split-conformal upper bound of the latency
+    # estimator (predictors.conformal), so that the pick measures within budget
+    # with probability >= coverage. 'auto': when a calibration exists (a
+    # predictor checkpoint's conformal.json, or `calibration`); 'conformal':
+    # required; 'none': the point estimate, as before.
+    c.uncertainty = 'auto'
+    c.coverage = 0.9
+    c.calibration = ''  # conformal.json (e.g. fit_predictor's, for a LUT); '' = the checkpoint's
+    # With verify: measure the picks; tighten and search again where one measured
+    # over budget, at most max_rounds more times (0 = measure only).
+    c.closed_loop = True
+    c.max_rounds = 3
+    c.loop_margin = 0.01  # extra tightening per round, a share of the budget
+
     # Verification: measure the found archs on this host.
     c.verify = False
     c.verify_batch = 1

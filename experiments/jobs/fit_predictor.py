@@ -8,8 +8,12 @@ one (``config.duplicates``, so no arch lands in two splits; the count goes to
 lookup table for ``model=lut``, or fits XLA's cost analysis for
 ``model=xla_cost``: :mod:`predictors.xla_cost`, store rows only) and writes to
 ``workdir``:
-``metrics.json`` (test-row metrics, training time and sizes),
-``pred_vs_measured.png`` and ``checkpoint/`` (trained models only).
+``metrics.json`` (test-row metrics, training time and sizes, and the test-row
+coverage of the conformal bounds), ``conformal.json`` (split-conformal
+calibration, :mod:`predictors.conformal`: on the validation rows for a fitted
+model, on the training and validation rows for a LUT, which fits nothing;
+also copied into the checkpoint), ``pred_vs_measured.png`` and
+``checkpoint/`` (trained models only).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ofa_jax import files
 from ofa_jax import space
 from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
+from predictors import conformal
 from predictors import drift as drift_lib
 from predictors import features
 from predictors import fit
@@ -37,6 +42,8 @@ from predictors import metrics
 from predictors import train as train_lib
 from predictors import xla_cost
 
+# Coverages whose test-row share is reported in metrics.json.
+COVERAGES = (0.8, 0.9, 0.95)
 FIT_MODELS = ('mlp', 'additive', 'additive_mlp', 'lut', 'xla_cost')
 # Estimators judged without a trained predictor (no checkpoint, no drift offset).
 UNTRAINED = ('lut', 'xla_cost')
@@ -116,6 +123,38 @@ def merge_duplicates(archs: space.Arch, lat: np.ndarray,
     if not merged.num_duplicates:  # Keep the caller's arrays (and their exact order).
         return archs, lat, counts
     return merged.archs, merged.latency_ms, counts
+
+
+def calibrate(cal_pred: np.ndarray, cal_lat: np.ndarray, test_pred: np.ndarray,
+              test_lat: np.ndarray, workdir: str, ckpt_dir: str | None, *, estimator: str,
+              rows: str) -> dict[str, Any]:
+    """Fits the conformal bound on held-out rows, saves it, reports test-row coverage.
+
+    Writes ``workdir/conformal.json`` (and into ``ckpt_dir`` when given, so a
+    checkpoint carries its bound). Returns what ``metrics.json`` records:
+    rows, ranges and, per coverage of :data:`COVERAGES` that the rows can
+    bound, the share of test rows within the bound and the mean bound/prediction.
+    """
+    finite = np.isfinite(cal_pred) & (cal_pred > 0)
+    if finite.sum() < 2:
+        return {'calibration_rows': int(finite.sum()), 'note': 'too few rows to calibrate'}
+    cal = conformal.fit(cal_pred[finite], cal_lat[finite], estimator=estimator, rows=rows)
+    cal.save(os.path.join(workdir, conformal.FILE))
+    if ckpt_dir:
+        cal.save(os.path.join(ckpt_dir, conformal.FILE))
+    out: dict[str, Any] = {
+        'calibration_rows': cal.num_rows,
+        'ranges': len(cal.scores),
+        'edges_ms': [float(e) for e in cal.edges],
+        'test_coverage': {},
+        'mean_bound_over_prediction': {},
+    }
+    for c in COVERAGES:
+        if c <= cal.max_coverage():
+            out['test_coverage'][str(c)] = cal.coverage_of(test_pred, test_lat, c)
+            out['mean_bound_over_prediction'][str(c)] = float(
+                np.mean(cal.upper(test_pred, c) / test_pred))
+    return out
 
 
 def split_indices(n: int, fractions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,16 +241,21 @@ def run(config: ml_collections.ConfigDict,
         'rows': dict(hygiene, train=len(tr), val=len(va), test=len(te)),
     }
     t0 = time.perf_counter()
+    ckpt_dir = None
     if config.model == 'lut':
         table = lut_lib.load_lut(config.lut,
                                  width=float(config.lut_width),
                                  num_classes=int(config.num_classes))
         pred = np.asarray(table.predict(archs[te]), np.float64)
+        # A LUT fits nothing on these rows: all rows before the test rows calibrate it.
+        cal_rows = np.concatenate([tr, va])
+        cal_pred = np.asarray(table.predict(archs[cal_rows]), np.float64)
     elif config.model == 'xla_cost':
         costs = load_costs(config)
         try:
             cost_model = xla_cost.fit(costs[tr], lat[tr])
             pred = cost_model.predict(costs[te])
+            cal_rows, cal_pred = va, cost_model.predict(costs[va])
         except ValueError as e:
             raise ConfigError(f'config.data: {config.data!r}: {e}') from None
         out['xla_cost'] = cost_model.to_dict()
@@ -250,11 +294,22 @@ def run(config: ml_collections.ConfigDict,
             per = np.asarray(predictor.members_ms(archs[te]), np.float64)
             member = [metrics.rmse(p, lat[te]) for p in per]
             out['member_rmse_ms'] = {'mean': float(np.mean(member)), 'std': float(np.std(member))}
-        checkpoint.save(predictor, os.path.join(workdir, 'checkpoint'))
+        ckpt_dir = os.path.join(workdir, 'checkpoint')
+        checkpoint.save(predictor, ckpt_dir)
+        cal_rows, cal_pred = va, np.asarray(predictor(archs[va]), np.float64)
     if not np.all(np.isfinite(pred)):
         raise ValueError(f'{config.model}: non-finite predictions on '
                          f'{int((~np.isfinite(pred)).sum())} test rows (resolution not covered?)')
     out.update(metrics.all_metrics(pred, lat[te]))
+    out['conformal'] = calibrate(
+        cal_pred,
+        lat[cal_rows],
+        pred,
+        lat[te],
+        workdir,
+        ckpt_dir,
+        estimator=str(config.model),
+        rows=('training and validation rows' if config.model == 'lut' else 'validation rows'))
     files.write_json(os.path.join(workdir, 'metrics.json'), out)
     plots.pred_vs_measured(
         os.path.join(workdir, 'pred_vs_measured.png'), pred, lat[te],

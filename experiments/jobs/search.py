@@ -43,11 +43,13 @@ from ofa_jax.latency import store as store_lib
 from ofa_jax.search import constraints, objectives
 from predictors import accuracy
 from predictors import checkpoint
+from predictors import conformal
 from predictors import lut
 
 ConfigError = cf.ConfigError
 
 LatencyFn = Callable[[space.Arch], Any]
+UNCERTAINTY = ('auto', 'conformal', 'none')
 
 
 def load_latency(path: str,
@@ -116,6 +118,13 @@ def check(config: ml_collections.ConfigDict) -> None:
         cf.number(name, config[name], low=0.0, high=1.0)
     cf.number('candidate_ratio', config.candidate_ratio, low=0.0)
     cf.one_int('max_tries', config.max_tries, minimum=0)
+    cf.choice('uncertainty', config.uncertainty, UNCERTAINTY)
+    try:
+        conformal.check_coverage(config.coverage, 'config.coverage')
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    cf.one_int('max_rounds', config.max_rounds, minimum=0)
+    cf.number('loop_margin', config.loop_margin, low=0.0, high=0.5)
     if config.verify:
         cf.one_int('verify_batch', config.verify_batch)
         cf.dtype(config.dtype)
@@ -128,6 +137,41 @@ def _one(arch: space.Arch) -> space.Arch:
     return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], arch)
 
 
+def load_calibration(config: ml_collections.ConfigDict,
+                     latency_fn: LatencyFn) -> conformal.Calibration | None:
+    """The conformal calibration the search bounds latency with, or None (point estimate).
+
+    ``uncertainty='none'``: None. ``'conformal'``: ``config.calibration``, or
+    the predictor checkpoint's own ``conformal.json``; ConfigError when
+    neither exists or it has too few rows for ``config.coverage``. ``'auto'``:
+    as ``'conformal'`` when a calibration exists, else None.
+    """
+    mode = cf.choice('uncertainty', config.uncertainty, UNCERTAINTY)
+    try:
+        coverage = conformal.check_coverage(config.coverage, 'config.coverage')
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if mode == 'none':
+        return None
+    cal = getattr(latency_fn, 'calibration', None)
+    if config.calibration:
+        try:
+            cal = conformal.load(config.calibration)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f'config.calibration: {err}') from None
+    if cal is None:
+        if mode == 'auto':
+            return None
+        raise ConfigError(f'config.calibration: none for {config.latency!r} (no conformal.json '
+                          'in the checkpoint); allowed: a conformal.json written by '
+                          'experiments.fit_predictor, or --config.uncertainty=none')
+    try:
+        cal.check_usable(coverage, 'config.coverage')
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return cal
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the search described by ``config``; writes search.json and pareto.png.
 
@@ -138,13 +182,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     budgets = list(cf.float_tuple('budgets_ms', config.budgets_ms))
     latency_fn, resolutions, latency_desc = load_latency(config.latency, config.resolutions,
                                                          config.num_classes)
+    cal = load_calibration(config, latency_fn)
+    coverage = float(config.coverage)
+    # The search's constraint: the calibrated upper bound, or the point estimate.
+    bound_fn = cal.bound_fn(latency_fn, coverage) if cal is not None else latency_fn
+    bound_desc = (f'{coverage:g}-coverage conformal bound of {latency_desc}'
+                  if cal is not None else latency_desc)
     objective = load_objective(config.accuracy, config.width)
+    closed_loop = bool(config.verify and config.closed_loop)
 
-    smallest = float(np.asarray(latency_fn(_one(space.smallest(min(resolutions)))))[0])
+    smallest = float(np.asarray(bound_fn(_one(space.smallest(min(resolutions)))))[0])
     low = [b for b in budgets if b < smallest]
     if low:
         raise ConfigError(f'config.budgets_ms: {low} below the smallest sub-network\'s latency '
-                          f'{smallest:.3f} ms under {latency_desc} (resolution '
+                          f'{smallest:.3f} ms under {bound_desc} (resolution '
                           f'{min(resolutions)}); use budgets >= {smallest:.3f}')
     extra = constraints.all_of(
         constraints.macs_at_most(config.max_macs, width=config.width) if config.max_macs else None,
@@ -164,7 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f'config.{err}') from None
 
-    search = search_lib.make_budget_search(params, objective, latency_fn, extra_constraint=extra)
+    search = search_lib.make_budget_search(params, objective, bound_fn, extra_constraint=extra)
     seeds, flat = search_lib.grid(
         budgets, range(int(config.seed_offset),
                        int(config.seed_offset) + int(config.seeds)))
@@ -174,28 +225,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     res = jax.block_until_ready(compiled(seeds, flat))
     t2 = time.perf_counter()
     res = jax.device_get(res)
-
-    results = []
-    for i, arch in enumerate(space.unstack(res.arch)):
-        results.append({
-            'budget_ms': float(res.budget[i]),
-            'seed': int(res.seed[i]),
-            'latency_ms': float(res.latency[i]),
-            'objective': float(res.objective[i]),
-            'objective_name': objective.name,
-            'feasible': bool(res.feasible[i]),
-            'latency_evaluations': int(res.evaluations[i, 0]),
-            'objective_evaluations': int(res.evaluations[i, 1]),
-            'arch': space.to_ofa_dict(arch),
-        })
+    results = _rows(res, objective.name, latency_fn, bound=cal is not None)
+    for row in results:
+        row['round'] = 0
+    uncorrected = None
+    if cal is not None:  # The same search on the point estimate: what the bound costs.
+        plain = search_lib.make_budget_search(params, objective, latency_fn, extra_constraint=extra)
+        uncorrected = _rows(jax.device_get(jax.jit(plain)(seeds, flat)),
+                            objective.name,
+                            latency_fn,
+                            bound=False)
+    rounds = []
     if config.verify:
-        _verify(results, config)
+        for row, ms in zip(results,
+                           measure_rows([space.from_ofa_dict(r['arch']) for r in results], config)):
+            _mark_measured(row, ms, config)
+        rounds.append(_round_summary(0, results, flat))
+    if closed_loop:
+        results, more = _close_loop(compiled, seeds, flat, results, objective.name, latency_fn, cal
+                                    is not None, config)
+        rounds += more
 
     os.makedirs(workdir, exist_ok=True)
     out = {
         'search_seconds': t2 - t1,
         'compile_seconds': t1 - t0,
         'latency': latency_desc,
+        'constraint': bound_desc,
+        'coverage': coverage if cal is not None else None,
+        'calibration_rows': cal.num_rows if cal is not None else 0,
+        'closed_loop': closed_loop,
+        'rounds': rounds,
         'objective_name': objective.name,
         'resolutions': list(resolutions),
         'population_size': params.population_size,
@@ -203,32 +263,119 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'results': results,
         'best': best_per_budget(results),
     }
+    if uncorrected is not None:
+        out['uncorrected'] = uncorrected
+        out['uncorrected_best'] = best_per_budget(uncorrected, require_within=False)
+    if cal is None and config.uncertainty == 'auto':
+        print(f'NOTE: no calibration for {config.latency}; searching on the point estimate, '
+              'whose picks tend to measure over budget (see docs/search.md).')
     files.write_json(os.path.join(workdir, 'search.json'), out)
     pareto_plot.plot_pareto(os.path.join(workdir, 'pareto.png'),
                             res,
                             objective_name=objective.name,
-                            latency_name=f'predicted latency (ms), {latency_desc}')
+                            latency_name=f'latency constraint (ms): {bound_desc}')
     _print_table(out)
     return out
 
 
-def best_per_budget(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _rows(res: Any, objective_name: str, latency_fn: LatencyFn, *,
+          bound: bool) -> list[dict[str, Any]]:
+    """One JSON row per search of a ``BudgetResults`` (host arrays)."""
+    archs = res.arch
+    point = np.asarray(latency_fn(archs), np.float64) if bound else np.asarray(res.latency)
+    rows = []
+    for i, arch in enumerate(space.unstack(archs)):
+        row = {
+            'budget_ms': float(res.budget[i]),
+            'seed': int(res.seed[i]),
+            'latency_ms': float(point[i]),
+            'objective': float(res.objective[i]),
+            'objective_name': objective_name,
+            'feasible': bool(res.feasible[i]),
+            'latency_evaluations': int(res.evaluations[i, 0]),
+            'objective_evaluations': int(res.evaluations[i, 1]),
+            'arch': space.to_ofa_dict(arch),
+        }
+        if bound:
+            row['bound_ms'] = float(res.latency[i])
+        rows.append(row)
+    return rows
+
+
+def _round_summary(k: int, results: list[dict[str, Any]], budgets: np.ndarray) -> dict[str, Any]:
+    within = [r.get('within_budget', False) for r in results]
+    return {
+        'round': k,
+        'searches': len(results),
+        'within_budget': int(sum(within)),
+        'share_within_budget': float(np.mean(within)) if within else 0.0,
+        'effective_budgets_ms': [float(b) for b in budgets],
+    }
+
+
+def _close_loop(compiled: Any, seeds: np.ndarray, budgets: np.ndarray, results: list[dict[str,
+                                                                                          Any]],
+                objective_name: str, latency_fn: LatencyFn, bound: bool,
+                config: ml_collections.ConfigDict) -> tuple[list[dict[str, Any]], list]:
+    """Tightens each over-budget search's constraint by its measured excess and searches again.
+
+    Round k > 0 searches every (budget, seed) again with the same compiled
+    program, the constraint of each search whose pick measured over budget
+    scaled by ``budget / measured`` (times ``1 - config.loop_margin``); only
+    the new picks are measured (one batch). A search keeps the first pick that
+    measured within budget; after ``config.max_rounds`` rounds one that never
+    did keeps its last pick with ``within_budget: false``.
+    """
+    effective = np.asarray(budgets, np.float32).copy()
+    final = list(results)
+    summaries = []
+    for k in range(1, int(config.max_rounds) + 1):
+        open_ = [i for i, r in enumerate(final) if not r['within_budget']]
+        if not open_:
+            break
+        for i in open_:
+            effective[i] *= min(1.0, final[i]['budget_ms'] /
+                                final[i]['measured_ms']) * (1.0 - float(config.loop_margin))
+        res = jax.device_get(compiled(seeds, effective))
+        rows = _rows(res, objective_name, latency_fn, bound=bound)
+        picks = [i for i in open_ if rows[i]['feasible']]
+        measured = measure_rows([space.from_ofa_dict(rows[i]['arch']) for i in picks], config)
+        for i, ms in zip(picks, measured):
+            row = dict(rows[i],
+                       budget_ms=final[i]['budget_ms'],
+                       round=k,
+                       effective_budget_ms=float(effective[i]))
+            _mark_measured(row, ms, config)
+            final[i] = row
+        summaries.append(_round_summary(k, final, effective))
+    return final, summaries
+
+
+def best_per_budget(results: list[dict[str, Any]],
+                    require_within: bool = True) -> list[dict[str, Any]]:
     """Per budget (ascending), the feasible result of highest objective over the seeds.
 
     One search costs a fraction of a second, so searching several seeds in
     the same call and keeping the best is the cheap way to a better arch.
+    Where results were measured (``within_budget``) and ``require_within``,
+    only those that measured within budget count; a budget where none did
+    falls back to the best feasible one (its ``within_budget`` says so).
     Budgets where no seed found a feasible arch are left out.
     """
     best: dict[float, dict[str, Any]] = {}
+
+    def rank(r):
+        return (bool(r.get('within_budget', True)) if require_within else True, r['objective'])
+
     for r in results:
         b = r['budget_ms']
-        if r['feasible'] and (b not in best or r['objective'] > best[b]['objective']):
+        if r['feasible'] and (b not in best or rank(r) > rank(best[b])):
             best[b] = r
     return [best[b] for b in sorted(best)]
 
 
-def _verify(results: list[dict[str, Any]], config: ml_collections.ConfigDict) -> None:
-    """Measures every found arch on ``config.device`` (adds ``measured_ms`` to each row).
+def measure_rows(archs: list[space.Arch], config: ml_collections.ConfigDict) -> list[float]:
+    """Measures ``archs`` on ``config.device`` (ms), the job's one verification path.
 
     Through :func:`ofa_jax.latency.gauges.measure_archs`: with
     ``config.verify_store`` its rows are reused and new ones added, and a
@@ -244,7 +391,8 @@ def _verify(results: list[dict[str, Any]], config: ml_collections.ConfigDict) ->
                width=cf.width(config.width),
                num_classes=int(config.num_classes),
                depthwise=depthwise)
-    archs = [space.from_ofa_dict(row['arch']) for row in results]
+    if not archs:
+        return []
     if config.verify_store:
         with contextlib.ExitStack() as stack:
             store = stack.enter_context(cf.open_store(config.verify_store, 'verify_store'))
@@ -253,29 +401,36 @@ def _verify(results: list[dict[str, Any]], config: ml_collections.ConfigDict) ->
             except store_lib.StoreError as err:
                 raise ConfigError(f'config.verify_store: {err}') from None
             fid, gauge = gauges.device_gauge(store, device, **net)
-            measured = gauges.measure_archs(
-                archs,
-                device=device,
-                protocol=protocol,
-                store=store,
-                device_id=fid,
-                gauge=gauge if protocol.paired else None,
-                provenance={'source': f'search verify {config.latency}'},
-                **net)
-    else:
-        gauge = None
-        if protocol.paired:
-            gauge = measure.Gauge.build(batch,
-                                        net['dtype'],
-                                        device,
-                                        width=net['width'],
-                                        num_classes=net['num_classes'],
-                                        depthwise=depthwise)
-        measured = gauges.measure_archs(archs, device=device, protocol=protocol, gauge=gauge, **net)
-    for row, ms in zip(results, measured):
-        row['measured_ms'] = float(ms)
-        row['measured_over_budget'] = float(ms) / row['budget_ms']
-        row['measured_protocol'] = protocol.name
+            return [
+                float(v) for v in gauges.measure_archs(
+                    archs,
+                    device=device,
+                    protocol=protocol,
+                    store=store,
+                    device_id=fid,
+                    gauge=gauge if protocol.paired else None,
+                    provenance={'source': f'search verify {config.latency}'},
+                    **net)
+            ]
+    gauge = None
+    if protocol.paired:
+        gauge = measure.Gauge.build(batch,
+                                    net['dtype'],
+                                    device,
+                                    width=net['width'],
+                                    num_classes=net['num_classes'],
+                                    depthwise=depthwise)
+    return [
+        float(v)
+        for v in gauges.measure_archs(archs, device=device, protocol=protocol, gauge=gauge, **net)
+    ]
+
+
+def _mark_measured(row: dict[str, Any], ms: float, config: ml_collections.ConfigDict) -> None:
+    row['measured_ms'] = float(ms)
+    row['measured_over_budget'] = float(ms) / row['budget_ms']
+    row['within_budget'] = bool(ms <= row['budget_ms'])
+    row['measured_protocol'] = cf.protocol(config.protocol).name
 
 
 def _print_table(out: dict[str, Any]) -> None:

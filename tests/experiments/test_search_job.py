@@ -78,6 +78,7 @@ class ExperimentTest(absltest.TestCase):
                          budgets_ms=(15.0,),
                          resolutions=(160,),
                          verify=True,
+                         closed_loop=False,
                          verify_store=store_path), tmp)
         (row,) = out['results']
         self.assertTrue(row['measured_protocol'].startswith('p-'))
