@@ -1,0 +1,155 @@
+"""Budget-safe search: the calibrated bound in the constraint, and the closed loop.
+
+The device is a stand-in (``search.measure_rows`` patched) that runs every
+sub-network 15% slower than the predictor says, the bias that makes a search
+on the point estimate pick sub-networks over budget.
+"""
+
+import os
+
+from absl.testing import absltest
+import numpy as np
+
+from experiments.configs import fit_predictor as fit_config
+from experiments.configs import search as search_config
+from experiments.jobs import fit_predictor as fit_job
+from experiments.jobs import search as search_job
+from ofa_jax import csvio
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import conformal
+
+SLOWER = 1.15
+
+
+class BudgetSafeSearchTest(absltest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.folder = absltest.get_default_test_tmpdir() + '/budget_safe'
+        os.makedirs(cls.folder, exist_ok=True)
+        archs = space.sample_np(np.random.default_rng(7), 150, resolutions=(160, 192))
+        rng = np.random.default_rng(8)
+        lat = (1.0 + 0.2 * np.asarray(archs.depth).sum(-1) +
+               0.05 * np.asarray(archs.kernel).sum(-1) * np.asarray(archs.resolution) / 160.0)
+        lat *= np.exp(rng.normal(0.0, 0.03, lat.shape))
+        data = os.path.join(cls.folder, 'rows.csv')
+        csvio.write_ofa_csv(data, archs, lat)
+        cfg = fit_config.get_config()
+        cfg.update(data=data, width=1.2, model='additive', max_steps=300, eval_every=50)
+        cls.fit = fit_job.run(cfg, os.path.join(cls.folder, 'fit'))
+        cls.ckpt = os.path.join(cls.folder, 'fit', 'checkpoint')
+
+    def _config(self, **kw):
+        cfg = search_config.get_config()
+        cfg.update(latency=self.ckpt,
+                   resolutions=(160, 192),
+                   budgets_ms=(9.0, 11.0),
+                   seeds=2,
+                   population_size=16,
+                   num_generations=6)
+        cfg.update(**kw)
+        return cfg
+
+    def _slow_device(self, predictor):
+        calls = []
+
+        def fake(archs, config):
+            del config
+            calls.append(len(archs))
+            return [float(SLOWER * predictor(space.stack(archs))[i]) for i in range(len(archs))]
+
+        return fake, calls
+
+    def test_fit_job_writes_a_calibration_with_test_coverage(self):
+        cov = self.fit['conformal']
+        self.assertEqual(cov['calibration_rows'], 23)  # the validation rows, 105..127 of 150
+        self.assertEqual(set(cov['test_coverage']), {'0.8', '0.9', '0.95'})
+        for c, share in cov['test_coverage'].items():
+            self.assertBetween(share, 0.0, 1.0)
+            self.assertGreater(cov['mean_bound_over_prediction'][c], 1.0)
+        loaded = checkpoint.load(self.ckpt)
+        self.assertIsInstance(loaded.calibration, conformal.Calibration)
+        archs = space.sample_np(np.random.default_rng(0), 5, resolutions=(160,))
+        np.testing.assert_allclose(np.asarray(loaded.upper(archs, 0.9)),
+                                   loaded.calibration.upper(np.asarray(loaded(archs)), 0.9),
+                                   rtol=1e-5)
+
+    def test_search_constrains_the_bound(self):
+        out = search_job.run(self._config(), self.create_tempdir().full_path)
+        self.assertIn('0.9-coverage conformal bound', out['constraint'])
+        for row in out['results']:
+            self.assertLessEqual(row['bound_ms'], row['budget_ms'] * (1 + 1e-6))
+            self.assertGreater(row['bound_ms'], row['latency_ms'])
+        # The uncorrected search (point estimate) is reported beside it, and
+        # gives up no less latency headroom: its picks predict closer to budget.
+        self.assertLen(out['uncorrected'], len(out['results']))
+        gap = [
+            u['latency_ms'] - r['latency_ms'] for u, r in zip(out['uncorrected'], out['results'])
+        ]
+        self.assertGreater(np.mean(gap), 0.0)
+
+    def test_closed_loop_brings_every_pick_within_budget(self):
+        predictor = checkpoint.load(self.ckpt)
+        fake, calls = self._slow_device(predictor)
+        original = search_job.measure_rows
+        search_job.measure_rows = fake
+        try:
+            out = search_job.run(self._config(verify=True, uncertainty='none'),
+                                 self.create_tempdir().full_path)
+        finally:
+            search_job.measure_rows = original
+        rounds = out['rounds']
+        # On the point estimate, a 15% slower device puts the first picks over.
+        self.assertEqual(rounds[0]['within_budget'], 0)
+        self.assertGreaterEqual(len(rounds), 2)
+        self.assertEqual(rounds[-1]['share_within_budget'], 1.0)
+        for row in out['results']:
+            self.assertTrue(row['within_budget'])
+            self.assertLessEqual(row['measured_ms'], row['budget_ms'])
+            # Tightened below the budget, and the pick predicts within the tightened one.
+            self.assertLess(row['effective_budget_ms'], row['budget_ms'])
+            self.assertLessEqual(row['latency_ms'], row['effective_budget_ms'] * (1 + 1e-6))
+        # Round 0 measures all 4 picks in one batch; later rounds only the open ones.
+        self.assertEqual(calls[0], 4)
+        self.assertTrue(all(n <= 4 for n in calls[1:]))
+        for best in out['best']:
+            self.assertTrue(best['within_budget'])
+
+    def test_closed_loop_gives_up_after_max_rounds_and_says_so(self):
+        predictor = checkpoint.load(self.ckpt)
+        original = search_job.measure_rows
+        # A device 3x slower than predicted: one tightening round is not enough.
+        search_job.measure_rows = lambda archs, config: [
+            float(3.0 * predictor(space.stack(archs))[i]) for i in range(len(archs))
+        ]
+        try:
+            out = search_job.run(
+                self._config(verify=True, uncertainty='none', max_rounds=1, budgets_ms=(11.0,)),
+                self.create_tempdir().full_path)
+        finally:
+            search_job.measure_rows = original
+        self.assertLen(out['rounds'], 2)
+        self.assertFalse(any(r['within_budget'] for r in out['results']))
+        self.assertFalse(out['best'][0]['within_budget'])
+
+    def test_bad_inputs_name_the_field(self):
+        tmp = self.create_tempdir().full_path
+        for coverage in (0.0, 1.0, 1.2):
+            with self.assertRaisesRegex(search_job.ConfigError, r'^config.coverage: .*\(0, 1\)'):
+                search_job.run(self._config(coverage=coverage), tmp)
+        # 23 calibration rows bound at most 23/24 = 0.958.
+        with self.assertRaisesRegex(search_job.ConfigError,
+                                    r'^config.coverage: 0.99 needs >= 99 calibration rows'):
+            search_job.run(self._config(coverage=0.99), tmp)
+        with self.assertRaisesRegex(search_job.ConfigError, r'^config.budgets_ms: \[1.0\] below'):
+            search_job.run(self._config(budgets_ms=(1.0, 9.0)), tmp)
+        with self.assertRaisesRegex(search_job.ConfigError, r'^config.calibration: '):
+            search_job.run(self._config(calibration=os.path.join(tmp, 'nope.json')), tmp)
+        with self.assertRaisesRegex(search_job.ConfigError, r'^config.uncertainty: '):
+            search_job.run(self._config(uncertainty='bayes'), tmp)
+
+
+if __name__ == '__main__':
+    absltest.main()
