@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.closed_loop = True
     c.max_rounds = 3
     c.loop_margin = 0.01  # extra tightening per round, a share of the budget
+    # Deployable result: workdir/found/<budget>ms/ with the arch, weights, a
+    # jax.export program (symbolic batch) and its measured latency.
+    c.export = True
+    c.supernet = ''  # OFA supernet .pth for the weights; '' = random weights (labelled so)
 
     # Verification: measure the found archs on this host.
     c.verify = False

@@ -34,7 +34,9 @@ import numpy as np
 
 from experiments import config_fields as cf
 from experiments import pareto_plot
+from ofa_jax import export as export_lib
 from ofa_jax import files
+from ofa_jax import ofa_weights
 from ofa_jax import search as search_lib
 from ofa_jax import space
 from ofa_jax.latency import gauges
@@ -104,8 +106,11 @@ def load_objective(path: str, width: float) -> objectives.Objective:
         raise ConfigError(f'config.accuracy: {err}') from None
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-    """Every check that needs neither a device nor an estimator (ConfigError naming the field)."""
+def check(config: ml_collections.ConfigDict, workdir: str = '') -> None:
+    """Every check that needs neither a device nor an estimator (ConfigError naming the field).
+
+    With ``workdir``, also that the export folders there are new or ours.
+    """
     cf.float_tuple('budgets_ms', config.budgets_ms)
     cf.one_int('seeds', config.seeds)
     cf.one_int('seed_offset', config.seed_offset, minimum=0)
@@ -124,6 +129,15 @@ def check(config: ml_collections.ConfigDict) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     cf.one_int('max_rounds', config.max_rounds, minimum=0)
+    if config.export and workdir:
+        for budget in cf.float_tuple('budgets_ms', config.budgets_ms):
+            try:
+                export_lib.check_folder(found_dir(workdir, budget), 'config.export')
+            except export_lib.ExportError as err:
+                raise ConfigError(str(err)) from None
+        if config.supernet and not os.path.isfile(config.supernet):
+            raise ConfigError(f'config.supernet: {config.supernet} is not a file; allowed: OFA\'s '
+                              'ofa_mbv3_d234_e346_k357_w1.2 (.pth) or \'\' for random weights')
     cf.number('loop_margin', config.loop_margin, low=0.0, high=0.5)
     if config.verify:
         cf.one_int('verify_batch', config.verify_batch)
@@ -131,6 +145,57 @@ def check(config: ml_collections.ConfigDict) -> None:
         cf.one_int('num_classes', config.num_classes)
         cf.choice('depthwise', config.depthwise, ('auto', 'conv', 'shifted'))
         cf.protocol(config.protocol)
+
+
+def found_dir(workdir: str, budget_ms: float) -> str:
+    """``workdir/found/<budget>ms``: the deployable folder of one budget's pick."""
+    return os.path.join(workdir, 'found', f'{float(budget_ms):g}ms')
+
+
+def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
+                 workdir: str) -> list[dict[str, Any]]:
+    """Writes ``found/<budget>ms/`` (:func:`ofa_jax.export.export_subnet`) for each pick.
+
+    Weights come from ``config.supernet`` (OFA's .pth) when given, else they
+    are random with BatchNorm statistics of random images, and labelled so.
+    The folder records the pick's measured latency and protocol when the
+    search verified it.
+    """
+    supernet = None
+    if config.supernet:
+        try:
+            _, supernet = ofa_weights.load_pth(config.supernet, float(config.width))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f'config.supernet: {err}') from None
+    device = cf.device(config.device)
+    depthwise = cf.depthwise(config.depthwise, device)
+    out = []
+    for row in best:
+        arch = space.from_ofa_dict(row['arch'])
+        measured = {}
+        if 'measured_ms' in row:
+            measured = {
+                'latency_ms': row['measured_ms'],
+                'within_budget': row.get('within_budget'),
+                'protocol': row.get('measured_protocol'),
+                'device': str(device),
+                'batch': int(config.verify_batch),
+                'dtype': str(config.dtype),
+            }
+        folder = found_dir(workdir, row['budget_ms'])
+        images = None if supernet is not None else export_lib.random_images(int(arch.resolution))
+        meta = export_lib.export_subnet(arch,
+                                        folder,
+                                        width=float(config.width),
+                                        num_classes=int(config.num_classes),
+                                        depthwise=depthwise,
+                                        dtype=str(config.dtype),
+                                        supernet_variables=supernet,
+                                        calibration_images=images,
+                                        measured=dict(measured, budget_ms=row['budget_ms']))
+        out.append({'budget_ms': row['budget_ms'], 'folder': folder, 'weights': meta['weights']})
+        row['export'] = folder
+    return out
 
 
 def _one(arch: space.Arch) -> space.Arch:
@@ -178,7 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Returns:
       The ``search.json`` content (plus ``compile_seconds``).
     """
-    check(config)
+    check(config, workdir)
     budgets = list(cf.float_tuple('budgets_ms', config.budgets_ms))
     latency_fn, resolutions, latency_desc = load_latency(config.latency, config.resolutions,
                                                          config.num_classes)
@@ -263,6 +328,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'results': results,
         'best': best_per_budget(results),
     }
+    if config.export:
+        out['found'] = export_found(out['best'], config, workdir)
     if uncorrected is not None:
         out['uncorrected'] = uncorrected
         out['uncorrected_best'] = best_per_budget(uncorrected, require_within=False)

@@ -5,6 +5,7 @@ sub-network 15% slower than the predictor says, the bias that makes a search
 on the point estimate pick sub-networks over budget.
 """
 
+import json
 import os
 
 from absl.testing import absltest
@@ -48,7 +49,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
                    budgets_ms=(9.0, 11.0),
                    seeds=2,
                    population_size=16,
-                   num_generations=6)
+                   num_generations=6,
+                   export=False)
         cfg.update(**kw)
         return cfg
 
@@ -96,7 +98,7 @@ class BudgetSafeSearchTest(absltest.TestCase):
         original = search_job.measure_rows
         search_job.measure_rows = fake
         try:
-            out = search_job.run(self._config(verify=True, uncertainty='none'),
+            out = search_job.run(self._config(verify=True, uncertainty='none', export=True),
                                  self.create_tempdir().full_path)
         finally:
             search_job.measure_rows = original
@@ -116,6 +118,14 @@ class BudgetSafeSearchTest(absltest.TestCase):
         self.assertTrue(all(n <= 4 for n in calls[1:]))
         for best in out['best']:
             self.assertTrue(best['within_budget'])
+            # Each budget's pick is a deployable folder with its measured latency.
+            with open(os.path.join(best['export'], 'export.json')) as f:
+                meta = json.load(f)
+            self.assertEqual(meta['measured']['latency_ms'], best['measured_ms'])
+            self.assertTrue(meta['measured']['within_budget'])
+            self.assertTrue(meta['weights'].startswith('random'))
+            self.assertEqual(meta['arch_key'], space.arch_key(space.from_ofa_dict(best['arch'])))
+        self.assertEqual([f['budget_ms'] for f in out['found']], [9.0, 11.0])
 
     def test_closed_loop_gives_up_after_max_rounds_and_says_so(self):
         predictor = checkpoint.load(self.ckpt)
@@ -149,6 +159,14 @@ class BudgetSafeSearchTest(absltest.TestCase):
             search_job.run(self._config(calibration=os.path.join(tmp, 'nope.json')), tmp)
         with self.assertRaisesRegex(search_job.ConfigError, r'^config.uncertainty: '):
             search_job.run(self._config(uncertainty='bayes'), tmp)
+        theirs = os.path.join(tmp, 'found', '9ms')
+        os.makedirs(theirs)
+        with open(os.path.join(theirs, 'model.onnx'), 'w') as f:
+            f.write('not ours')
+        with self.assertRaisesRegex(search_job.ConfigError,
+                                    r'^config.export: .*9ms exists and is not an ofa_jax export'):
+            search_job.run(self._config(export=True), tmp)
+        self.assertEqual(os.listdir(theirs), ['model.onnx'])
 
 
 if __name__ == '__main__':
