@@ -122,11 +122,20 @@ def fit_config(config: ml_collections.ConfigDict, model: str, data: str,
     return c
 
 
-def search_config(config: ml_collections.ConfigDict, workdir: str, latency_path: str,
-                  budgets: list[float]) -> ml_collections.ConfigDict:
-    """One estimator's search (and verification into the store)."""
+def search_config(config: ml_collections.ConfigDict,
+                  workdir: str,
+                  latency_path: str,
+                  budgets: list[float],
+                  calibration: str = '') -> ml_collections.ConfigDict:
+    """One estimator's search (and verification into the store).
+
+    ``calibration``: the estimator's conformal.json when it is not inside
+    ``latency_path`` (the LUT's, written by its fit stage).
+    """
     c = _detached(config.search)
     c.latency = latency_path
+    if calibration:
+        c.calibration = calibration
     c.budgets_ms = tuple(float(f'{b:.4f}') for b in budgets)
     c.verify_store = cf.store_path(config.store, workdir)
     return c
@@ -361,7 +370,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
         if est.latency_path is None:
             continue  # A yardstick that needs a compile per arch: not a search estimator.
         sdir = os.path.join(workdir, f'search_{model}')
-        scfg = search_config(config, workdir, est.latency_path, budgets)
+        cal = os.path.join(workdir, f'fit_{model}', 'conformal.json') if model == 'lut' else ''
+        scfg = search_config(config, workdir, est.latency_path, budgets,
+                             cal if cal and os.path.exists(cal) else '')
         run_stages.append(Stage(f'search_{model}', 'search', sdir, scfg.to_dict()))
         try:
             searches[model] = search_job.run(scfg, sdir)

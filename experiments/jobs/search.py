@@ -233,6 +233,9 @@ def load_calibration(config: ml_collections.ConfigDict,
     try:
         cal.check_usable(coverage, 'config.coverage')
     except ValueError as err:
+        if mode == 'auto':  # Too few held-out rows to bound: say so, search the estimate.
+            print(f'NOTE: uncertainty=auto falls back to the point estimate: {err}')
+            return None
         raise ConfigError(str(err)) from None
     return cal
 

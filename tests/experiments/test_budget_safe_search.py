@@ -152,7 +152,7 @@ class BudgetSafeSearchTest(absltest.TestCase):
         # 23 calibration rows bound at most 23/24 = 0.958.
         with self.assertRaisesRegex(search_job.ConfigError,
                                     r'^config.coverage: 0.99 needs >= 99 calibration rows'):
-            search_job.run(self._config(coverage=0.99), tmp)
+            search_job.run(self._config(coverage=0.99, uncertainty='conformal'), tmp)
         with self.assertRaisesRegex(search_job.ConfigError, r'^config.budgets_ms: \[1.0\] below'):
             search_job.run(self._config(budgets_ms=(1.0, 9.0)), tmp)
         with self.assertRaisesRegex(search_job.ConfigError, r'^config.calibration: '):
