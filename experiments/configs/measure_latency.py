@@ -8,7 +8,13 @@ Launch (lists are tuples; ``--config.resolutions=128,160`` sets one)::
       --config.width=1.2 --config.seed=0 --config.store=/tmp/lat.sqlite --workdir=/tmp/lat
 
 Cluster shards: same command with ``--config.shard_index=i --config.num_shards=n``
-on each host (each with its own store file; merge them afterwards).
+on each host (each with its own store file; merge them afterwards with
+``python -m experiments.merge_stores``; ``scripts/slurm_campaign.sh`` does both on SLURM).
+
+Fleet on Ray (``pip install -e '.[cluster]'``; see docs/cluster.md): the same command with
+``--config.cluster=local`` (a Ray instance on this host), ``auto`` (the cluster of
+``ray start``/``RAY_ADDRESS``), ``HOST:PORT`` or ``ray://HOST:PORT``: one actor per device
+measures, this process is the one writer of the store.
 """
 
 import ml_collections
@@ -52,6 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.microbenchmarks = True  # Copy-bandwidth and matmul features in the fingerprint.
     c.progress = True
     c.protocol = protocol_config()
+
+    # Fleet on Ray (experiments/fleet.py). '' = this process measures (no Ray).
+    c.cluster = ''  # '', 'local', 'auto', 'HOST:PORT' or 'ray://HOST:PORT'.
+    c.fleet_size = 0  # Actors (one per device); 0 = every CPU (or GPU, device=gpu) of the cluster.
+    c.fleet_restarts = 2  # Replacement actors started in all for actors that die.
+    c.fleet_pin_cores = True  # CPU actors: each pinned to a core of its own on its node.
 
     c.drift = ml_collections.ConfigDict()
     # Drift detection for unpaired protocols (a paired one corrects drift instead).

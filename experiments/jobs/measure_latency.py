@@ -7,12 +7,18 @@ and only pending jobs are measured, so Ctrl-C or SIGKILL at any moment
 followed by the same command finishes the campaign with every row present
 once. Every run ends by writing ``WORKDIR/latency.csv`` (OFA CSV) with every
 row of this device in the store.
+
+With ``config.cluster`` set (``local``, ``auto``, ``HOST:PORT`` or
+``ray://HOST:PORT``) the same campaign runs on a fleet of Ray actors, one per
+device, with this process as the one writer of the store
+(:mod:`experiments.fleet`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import time
 from typing import Any
@@ -30,6 +36,7 @@ from ofa_jax.latency import measure
 from ofa_jax.latency import store as store_lib
 
 DRIFT_ACTIONS = ('flag', 'remeasure', 'none')
+CLUSTERS = ('', 'local', 'auto', 'HOST:PORT', 'ray://HOST:PORT')
 
 ConfigError = cf.ConfigError
 
@@ -47,6 +54,22 @@ class Plan:
     dtype: str
     depthwise: str
     store_path: str
+
+
+def cluster(value: Any, name: str = 'cluster') -> str:
+    """The Ray cluster of a fleet campaign ('' = no fleet: this process measures).
+
+    Raises:
+      ConfigError: unless one of :data:`CLUSTERS` (HOST and PORT filled in).
+    """
+    text = str(value or '').strip()
+    if text in ('', 'local', 'auto'):
+        return text
+    host, sep, port = text.removeprefix('ray://').rpartition(':')
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or ' ' in host:
+        raise ConfigError(f'config.{name}: {value!r}; allowed: {", ".join(map(repr, CLUSTERS))} '
+                          "('' = this process measures, no Ray)")
+    return text
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
@@ -72,6 +95,14 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     cf.choice('depthwise', config.depthwise, ('auto', 'conv', 'shifted'))
     cf.cpu_affinity(config.cpu_affinity)
     protocol = cf.protocol(config.protocol)
+    if cluster(config.get('cluster', '')):
+        cf.one_int('fleet_size', config.fleet_size, minimum=0)
+        cf.one_int('fleet_restarts', config.fleet_restarts, minimum=0)
+        if not protocol.paired and config.drift.action != 'none' and int(config.drift.interval):
+            raise ConfigError(f'config.drift.action: {config.drift.action!r} with an unpaired '
+                              'protocol is not supported by a fleet (config.cluster); allowed: '
+                              "a paired protocol (config.protocol.paired=True), or "
+                              "config.drift.action='none' or config.drift.interval=0")
     # Arch i depends only on (seed, i): raising num_archs extends a campaign (the first
     # archs stay the same, so a rerun resumes) and shards agree on the list.
     sampled = [
@@ -105,6 +136,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       ConfigError: bad config, unknown device or unusable store.
     """
     p = plan(config, workdir)
+    if cluster(config.get('cluster', '')):
+        if importlib.util.find_spec('ray') is None:
+            raise ConfigError(f'config.cluster: {config.cluster!r} needs Ray, which is not '
+                              "installed; install it with pip install -e '.[cluster]'")
+        from experiments import fleet  # pylint: disable=g-import-not-at-top
+        return fleet.run(config, workdir, p)
     cf.set_affinity(config.cpu_affinity)  # Before any device work: XLA's threads inherit it.
     device = cf.device(config.device)
     p.depthwise = cf.depthwise(config.depthwise, device)
