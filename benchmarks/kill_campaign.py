@@ -51,9 +51,9 @@ def campaign_args(store: str, workdir: str, num_archs: int) -> list[str]:
         sys.executable, '-m', 'experiments.measure_latency', f'--config.num_archs={num_archs}',
         '--config.resolutions=128', '--config.batch_sizes=1', '--config.seed=0',
         f'--config.store={store}', f'--workdir={workdir}', '--config.num_classes=10',
-        '--config.protocol.warmup=1', '--config.protocol.repeats=3',
-        '--config.protocol.min_time=0', '--config.protocol.number=1',
-        '--config.drift.interval=0', '--config.microbenchmarks=False', '--config.progress=True'
+        '--config.protocol.warmup=1', '--config.protocol.repeats=3', '--config.protocol.min_time=0',
+        '--config.protocol.number=1', '--config.drift.interval=0', '--config.microbenchmarks=False',
+        '--config.progress=True'
     ]
 
 
@@ -155,10 +155,13 @@ def main(argv):
           f'{_ARCHS.value} planned; {"all checks passed" if not failed else "CHECKS FAILED"}')
     files.write_json(
         os.path.join(ROOT, _OUT.value), {
-            'command': 'python -m benchmarks.kill_campaign ' +
-                       f'--kills={_KILLS.value} --archs={_ARCHS.value} --seed={_SEED.value}',
-            'outcomes': outcomes,
-            'passed': not failed,
+            'command':
+                'python -m benchmarks.kill_campaign ' +
+                f'--kills={_KILLS.value} --archs={_ARCHS.value} --seed={_SEED.value}',
+            'outcomes':
+                outcomes,
+            'passed':
+                not failed,
         })
     sys.exit(1 if failed else 0)
 

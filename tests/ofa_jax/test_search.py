@@ -1,6 +1,5 @@
 """Tests for ofa_jax.search: feasibility, compile-once, quality vs random search."""
 
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
