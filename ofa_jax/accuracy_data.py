@@ -59,6 +59,37 @@ def preprocess(image: np.ndarray, resolution: int) -> np.ndarray:
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def batch_indices(indices: Sequence[int],
+                  batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Splits ``indices`` into fixed-size batches: (example indices int64[b], valid bool[b]).
+
+    The last batch is padded by repeating its first example, marked not
+    valid (fixed shapes: one compile per resolution). :func:`batches` and the
+    sharded evaluator (:mod:`ofa_jax.sharded_accuracy`) use this one rule, so
+    both see the same batches.
+    """
+    indices = np.asarray(list(indices), np.int64)
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        idx = np.concatenate([chunk, np.full(pad, chunk[0], np.int64)])
+        yield idx, np.arange(batch_size) < len(chunk)
+
+
+def load_batch(source: Any,
+               idx: np.ndarray,
+               valid: np.ndarray,
+               resolution: int,
+               *,
+               image_key: str = 'image',
+               label_key: str = 'label') -> tuple[np.ndarray, np.ndarray]:
+    """(images float32[b, r, r, 3], labels int32[b]) of ``idx``; label -1 where not ``valid``."""
+    examples = [source[int(i)] for i in idx]
+    x = np.stack([preprocess(e[image_key], resolution) for e in examples])
+    y = np.asarray([int(e[label_key]) if v else -1 for e, v in zip(examples, valid)], np.int32)
+    return x, y.reshape(len(examples))
+
+
 def batches(source: Any,
             indices: Sequence[int],
             resolution: int,
@@ -71,15 +102,15 @@ def batches(source: Any,
     The last batch is padded by repeating examples, with labels -1 so padded
     rows never count as correct (fixed shapes: one compile per resolution).
     """
-    indices = list(indices)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        examples = [source[int(i)] for i in chunk]
-        x = np.stack([preprocess(e[image_key], resolution) for e in examples] +
-                     [preprocess(examples[0][image_key], resolution)] * pad)
-        y = np.asarray([int(e[label_key]) for e in examples] + [-1] * pad, np.int32)
-        yield x, y
+    for idx, valid in batch_indices(indices, batch_size):
+        yield load_batch(source, idx, valid, resolution, image_key=image_key, label_key=label_key)
+
+
+def calibration_indices(num_train: int, calib_batches: int, batch_size: int,
+                        seed: int) -> np.ndarray:
+    """The training examples BatchNorm re-calibration uses (a seeded draw without replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(num_train, size=min(num_train, calib_batches * batch_size), replace=False)
 
 
 def recalibrate_bn(model: Any, variables: dict, images: Sequence[np.ndarray]) -> dict:
@@ -165,7 +196,8 @@ def build_dataset(supernet_variables: dict,
                   num_eval: int | None = None,
                   seed: int = 0,
                   extract_fn: Callable[..., tuple[Any, dict]] | None = None,
-                  depthwise: str = 'auto') -> list[AccuracyRecord]:
+                  depthwise: str = 'auto',
+                  image_size: int | None = None) -> list[AccuracyRecord]:
     """Evaluates each arch's sub-network after BatchNorm re-calibration.
 
     Args:
@@ -181,19 +213,18 @@ def build_dataset(supernet_variables: dict,
       extract_fn: ``(variables, arch, width, depthwise=) -> (model, variables)``
         (default :func:`ofa_jax.extract.extract_subnet`).
       depthwise: depthwise implementation of the static sub-networks.
+      image_size: feed images of this size instead of each arch's resolution
+        (tests use tiny images; the networks accept any size).
 
     Returns:
       One :class:`AccuracyRecord` per arch.
     """
     extract_fn = extract_fn or extract.extract_subnet
-    rng = np.random.default_rng(seed)
-    n_train = len(train_source)
-    n_calib = min(n_train, calib_batches * batch_size)
-    calib_idx = rng.choice(n_train, size=n_calib, replace=False)
+    calib_idx = calibration_indices(len(train_source), calib_batches, batch_size, seed)
     n_eval = len(eval_source) if num_eval is None else min(int(num_eval), len(eval_source))
     records = []
     for arch in archs:
-        r = int(np.asarray(arch.resolution))
+        r = int(np.asarray(arch.resolution)) if image_size is None else int(image_size)
         model, variables = extract_fn(supernet_variables, arch, width, depthwise=depthwise)
         calib = [x for x, _ in batches(train_source, calib_idx, r, batch_size)]
         variables = recalibrate_bn(model, variables, calib)
