@@ -4,7 +4,9 @@
 
 One store, one campaign of ``--archs`` sub-networks (tiny: resolution 128, a
 10-class head, 3 timed runs). The campaign is started ``--kills`` times and
-killed with SIGKILL after a delay drawn uniformly from [0.5, 12] s (seeded),
+killed with SIGKILL after a delay drawn uniformly from [--low, --high] s
+(seeded; the default 1-45 s spans start-up, compiles, timing and the final
+export on this CPU),
 then run once more to the end. After every kill the benchmark checks, with
 SQLite's own ``integrity_check`` on a read-only connection:
 
@@ -39,6 +41,8 @@ from ofa_jax import files
 _KILLS = flags.DEFINE_integer('kills', 10, 'SIGKILLs, each at a random instant.')
 _ARCHS = flags.DEFINE_integer('archs', 10, 'Sub-networks in the campaign.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill delays.')
+_LOW = flags.DEFINE_float('low', 1.0, 'Shortest delay before a kill (s).')
+_HIGH = flags.DEFINE_float('high', 45.0, 'Longest delay before a kill (s).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/kill_campaign.json', 'Result file.')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,7 +113,7 @@ def run_once(args: list[str], env: dict[str, str], delay_s: float | None,
 def main(argv):
     del argv
     rng = np.random.default_rng(_SEED.value)
-    delays = rng.uniform(0.5, 12.0, size=_KILLS.value)
+    delays = rng.uniform(_LOW.value, _HIGH.value, size=_KILLS.value)
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
     outcomes, failed = [], False
     with tempfile.TemporaryDirectory() as tmp:
