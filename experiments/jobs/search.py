@@ -297,7 +297,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for row in results:
         row['round'] = 0
     uncorrected = None
-    if cal is not None:  # The same search on the point estimate: what the bound costs.
+    if cal is not None and config.compare_uncorrected:
+        # The same search on the point estimate: what the bound costs in objective.
         plain = search_lib.make_budget_search(params, objective, latency_fn, extra_constraint=extra)
         uncorrected = _rows(jax.device_get(jax.jit(plain)(seeds, flat)),
                             objective.name,

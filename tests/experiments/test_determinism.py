@@ -88,7 +88,8 @@ class SameSeedTest(absltest.TestCase):
                        resolutions=(160, 192),
                        population_size=16,
                        num_generations=4,
-                       seed_offset=seed)
+                       seed_offset=seed,
+                       export=False)
             work = os.path.join(folder, name)
             search_job.run(cfg, work)
             with open(os.path.join(work, 'search.json')) as f:

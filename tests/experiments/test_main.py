@@ -54,6 +54,11 @@ def tiny_config():
     c.fit.eval_every = 20
     c.population_size = 16
     c.num_generations = 4
+    # Each is one more compile or export per estimator; tests/experiments/
+    # test_budget_safe_search.py covers them.
+    c.search.export = False
+    c.search.compare_uncorrected = False
+    c.search.max_rounds = 1
     return c
 
 

@@ -22,7 +22,8 @@ class ExperimentTest(absltest.TestCase):
 
     def _config(self, **kw):
         cfg = search_config.get_config()
-        cfg.update(population_size=8, num_generations=3, **kw)
+        cfg.update(population_size=8, num_generations=3, export=False)
+        cfg.update(**kw)
         return cfg
 
     def test_bad_config_names_field(self):
