@@ -1,8 +1,9 @@
 """The same seed gives the same archs, rows, fits and search results on CPU.
 
-Each stage runs twice from scratch with one seed (and once with another, so
-the comparison can fail): the campaign's planned archs, the rows a fit reads,
-the fitted predictor's parameters and predictions, and the search's picks.
+Each stage runs twice from scratch with one seed: the campaign's planned
+archs, the rows a fit reads, the fitted predictor's parameters and
+predictions, and the search's picks. The plan and the fit also run with
+another seed, which must change them, so the comparisons can fail.
 """
 
 import json
@@ -64,7 +65,7 @@ class SameSeedTest(absltest.TestCase):
 
         def fit(seed, name):
             cfg = fit_config.get_config()
-            cfg.update(data=data, width=1.2, model='mlp', seed=seed, max_steps=60, eval_every=20)
+            cfg.update(data=data, width=1.2, model='mlp', seed=seed, max_steps=40, eval_every=20)
             work = os.path.join(folder, name)
             out = fit_job.run(cfg, work)
             with open(os.path.join(work, 'metrics.json')) as f:
@@ -95,11 +96,11 @@ class SameSeedTest(absltest.TestCase):
             with open(os.path.join(work, 'search.json')) as f:
                 return _without_timing(json.load(f))
 
-        first, again, other = search(0, 's0'), search(0, 's1'), search(5, 's2')
+        first, again = search(0, 's0'), search(0, 's1')
+        self.assertNotEmpty(first['results'])
+        self.assertTrue(all(r['feasible'] for r in first['results']))
         self.assertEqual(first['results'], again['results'])
         self.assertEqual(first, again)
-        self.assertNotEqual([r['arch'] for r in first['results']],
-                            [r['arch'] for r in other['results']])
 
 
 if __name__ == '__main__':

@@ -58,7 +58,8 @@ def tiny_config():
     # test_budget_safe_search.py covers them.
     c.search.export = False
     c.search.compare_uncorrected = False
-    c.search.max_rounds = 1
+    c.search.max_rounds = 0  # Measure the picks, do not search again.
+    c.predictors = ('additive',)  # The paper MLP's fit and search are tested on their own.
     return c
 
 
@@ -68,7 +69,7 @@ class MainJobTest(absltest.TestCase):
         workdir = self.create_tempdir().full_path
         summary = main_job.run(tiny_config(), workdir, sanity=False)
         self.assertEqual(summary['rows']['total'], 20)
-        self.assertEqual(set(summary['estimators']), {'lut', 'mlp', 'additive', 'xla_cost'})
+        self.assertEqual(set(summary['estimators']), {'lut', 'additive', 'xla_cost'})
         for est in summary['estimators'].values():
             self.assertTrue(np.isfinite(est['metrics']['rmse_ms']))
         found = [r for s in summary['searches'].values() for r in s['results']]
