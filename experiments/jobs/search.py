@@ -209,7 +209,8 @@ def load_calibration(config: ml_collections.ConfigDict,
     ``uncertainty='none'``: None. ``'conformal'``: ``config.calibration``, or
     the predictor checkpoint's own ``conformal.json``; ConfigError when
     neither exists or it has too few rows for ``config.coverage``. ``'auto'``:
-    as ``'conformal'`` when a calibration exists, else None.
+    as ``'conformal'`` when a usable calibration exists, else None (with a
+    printed note).
     """
     mode = cf.choice('uncertainty', config.uncertainty, UNCERTAINTY)
     try:
