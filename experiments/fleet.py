@@ -50,6 +50,7 @@ import ray
 from ray import exceptions as ray_exceptions
 
 from experiments import config_fields as cf
+from experiments.jobs import measure_latency as campaign
 from ofa_jax import depthwise as dw
 from ofa_jax import files
 from ofa_jax import progress as progress_lib
@@ -352,23 +353,12 @@ def _campaign(config, workdir, p, store, device, size, options, slots, everyone,
                 summary['jobs'] += len(jobs)
                 summary['already_done'] += len(jobs) - len(queues[fid])
                 progress.total += len(queues[fid])
-            provenance = {
-                'fingerprint_id': fid,
-                'hostname': fp.get('hostname'),
-                'affinity': fp.get('affinity'),
-                'xla_flags': fp.get('xla_flags'),
-                'jax_version': fp.get('jax_version'),
-                'jaxlib_version': fp.get('jaxlib_version'),
-                'device_kind': fp.get('device_kind'),
-                'protocol': p.protocol.to_dict(),
-                'depthwise': info['depthwise'],
-                'seed': int(config.seed),
-                'pid': info['pid'],
-                'actor': name,
-                'node_id': info['node_id'],
-                'core': info['core'],
-                'driver': f'{socket.gethostname()}:{os.getpid()}',
-            }
+            provenance = campaign.row_provenance(fid, fp, p.protocol, info['depthwise'],
+                                                 int(config.seed), info['pid'])
+            provenance.update(actor=name,
+                              node_id=info['node_id'],
+                              core=info['core'],
+                              driver=f'{socket.gethostname()}:{os.getpid()}')
             slot = Slot(name, handle, info, fid, provenance)
             new.append(slot)
             actors.append({

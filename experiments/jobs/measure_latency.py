@@ -72,6 +72,24 @@ def cluster(value: Any, name: str = 'cluster') -> str:
     return text
 
 
+def row_provenance(fid: str, fp: dict[str, Any], protocol: measure.Protocol, depthwise: str,
+                   seed: int, pid: int) -> dict[str, Any]:
+    """What every row a campaign measures records of where and how it was timed."""
+    return {
+        'fingerprint_id': fid,
+        'hostname': fp.get('hostname'),
+        'affinity': fp.get('affinity'),
+        'xla_flags': fp.get('xla_flags'),
+        'jax_version': fp.get('jax_version'),
+        'jaxlib_version': fp.get('jaxlib_version'),
+        'device_kind': fp.get('device_kind'),
+        'protocol': protocol.to_dict(),
+        'depthwise': depthwise,
+        'seed': seed,
+        'pid': pid,
+    }
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     """Validates the config and lists the campaign's archs (pure; no device work).
 
@@ -158,19 +176,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ConfigError(f'config.store: {err}') from None
     fp = fp_lib.fingerprint(device, microbenchmarks=bool(config.microbenchmarks))
     fid = store.add_device(fp)
-    base_provenance = {
-        'fingerprint_id': fid,
-        'hostname': fp.get('hostname'),
-        'affinity': fp.get('affinity'),
-        'xla_flags': fp.get('xla_flags'),
-        'jax_version': fp.get('jax_version'),
-        'jaxlib_version': fp.get('jaxlib_version'),
-        'device_kind': fp.get('device_kind'),
-        'protocol': p.protocol.to_dict(),
-        'depthwise': p.depthwise,
-        'seed': int(config.seed),
-        'pid': os.getpid(),
-    }
+    base_provenance = row_provenance(fid, fp, p.protocol, p.depthwise, int(config.seed),
+                                     os.getpid())
     jobs = []
     for i, (arch, batch) in enumerate((a, b) for a in p.archs for b in p.batch_sizes):
         if i % int(config.num_shards) != int(config.shard_index):
