@@ -5,12 +5,14 @@ One local Ray instance (2 CPUs) for the module; tiny campaigns (resolution
 Skipped when Ray is not installed.
 """
 
+import fcntl
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl.testing import absltest
@@ -33,12 +35,19 @@ _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 _FAST_XLA = '--xla_backend_optimization_level=0'
 _saved_env = {}
 _address = None
+# Actors claim this node's cores (experiments.fleet.CORE_LOCK_DIR); two test
+# processes running fleets at once (pytest -n 2) would starve each other's
+# actors of cores, and so of one shared fingerprint. One fleet at a time.
+_NODE_LOCK = os.path.join(tempfile.gettempdir(), 'ofa_jax_fleet_tests.lock')
+_lock_fd = None
 
 
 def setUpModule():
-    global _address
+    global _address, _lock_fd
     if ray is None:
         raise absltest.SkipTest('ray is not installed (pip install -e .[cluster])')
+    _lock_fd = os.open(_NODE_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(_lock_fd, fcntl.LOCK_EX)  # Waits for another process's fleet tests.
     for name, value in (('XLA_FLAGS', _FAST_XLA), ('JAX_PLATFORMS', 'cpu')):
         _saved_env[name] = os.environ.get(name)
         os.environ[name] = value  # The actors inherit it from the raylet.
@@ -47,8 +56,12 @@ def setUpModule():
 
 
 def tearDownModule():
+    global _lock_fd
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+    if _lock_fd is not None:
+        os.close(_lock_fd)  # Releases the flock.
+        _lock_fd = None
     for name, value in _saved_env.items():
         if value is None:
             os.environ.pop(name, None)
