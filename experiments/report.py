@@ -376,6 +376,12 @@ def write_report(out_dir: str, summary: Mapping[str, Any], *, workdir: str, arch
             f'- search with {k} not run: {v["error"]}' for k, v in summary['searches'].items()
             if v.get('error')
         ],
+        *[
+            f'- search with {k} skipped budgets {v["dropped_budgets"]} ms: below its smallest '
+            f'sub-network, {v["smallest_ms"]:.2f} ms'
+            for k, v in summary['searches'].items()
+            if v.get('dropped_budgets')
+        ],
         '',
         '![measured latency vs budget](search_measured_vs_budget.png)',
         '',

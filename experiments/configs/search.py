@@ -21,6 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.latency = ''  # predictor checkpoint folder, or OFA yaml LUT file/folder
     c.resolutions = ()  # () : the LUT's resolutions, or 160,176,192,208,224 for predictors
     c.budgets_ms = (15.0, 20.0, 25.0)
+    # A budget below the smallest sub-network's latency (under the constraint):
+    # 'error' refuses the run; 'drop' searches the others and lists it in
+    # search.json's dropped_budgets (an error still when none is left).
+    c.unreachable = 'error'
     c.seeds = 1  # seeds per budget: seed_offset .. seed_offset + seeds - 1
     c.seed_offset = 0
     c.accuracy = ''  # OFA acc_predictor.pth or our accuracy checkpoint; '' : MACs proxy
@@ -60,6 +64,15 @@ def get_config() -> ml_collections.ConfigDict:
     # jax.export program (symbolic batch) and its measured latency.
     c.export = True
     c.supernet = ''  # OFA supernet .pth for the weights; '' = random weights (labelled so)
+    # BatchNorm re-calibration of the exported weights, as OFA does for every
+    # sub-network: calib_batches x calib_batch_size images of a tfds dataset
+    # (read with tfds.data_source). '' = none for supernet weights, random
+    # images for random weights.
+    c.calib_dataset = ''  # e.g. 'imagenet2012'
+    c.calib_data_dir = ''  # '' = tfds default
+    c.calib_split = 'train'
+    c.calib_batches = 8  # OFA: 2,000 images, 8 x 256
+    c.calib_batch_size = 256
 
     # Verification: measure the found archs on this host.
     c.verify = False

@@ -373,6 +373,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
         cal = os.path.join(workdir, f'fit_{model}', 'conformal.json') if model == 'lut' else ''
         scfg = search_config(config, workdir, est.latency_path, budgets,
                              cal if cal and os.path.exists(cal) else '')
+        if not parsed['budgets']:
+            # Automatic budgets come from measurements: search those this estimator
+            # can meet, and list the others in its search.json.
+            scfg.unreachable = 'drop'
         run_stages.append(Stage(f'search_{model}', 'search', sdir, scfg.to_dict()))
         try:
             searches[model] = search_job.run(scfg, sdir)

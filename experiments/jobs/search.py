@@ -34,6 +34,7 @@ import numpy as np
 
 from experiments import config_fields as cf
 from experiments import pareto_plot
+from ofa_jax import accuracy_data
 from ofa_jax import export as export_lib
 from ofa_jax import files
 from ofa_jax import ofa_weights
@@ -52,6 +53,7 @@ ConfigError = cf.ConfigError
 
 LatencyFn = Callable[[space.Arch], Any]
 UNCERTAINTY = ('auto', 'conformal', 'none')
+UNREACHABLE = ('error', 'drop')
 
 
 def load_latency(path: str,
@@ -124,6 +126,7 @@ def check(config: ml_collections.ConfigDict, workdir: str = '') -> None:
     cf.number('candidate_ratio', config.candidate_ratio, low=0.0)
     cf.one_int('max_tries', config.max_tries, minimum=0)
     cf.choice('uncertainty', config.uncertainty, UNCERTAINTY)
+    cf.choice('unreachable', config.unreachable, UNREACHABLE)
     try:
         conformal.check_coverage(config.coverage, 'config.coverage')
     except ValueError as err:
@@ -135,6 +138,9 @@ def check(config: ml_collections.ConfigDict, workdir: str = '') -> None:
                 export_lib.check_folder(found_dir(workdir, budget), 'config.export')
             except export_lib.ExportError as err:
                 raise ConfigError(str(err)) from None
+        if config.calib_dataset:
+            cf.one_int('calib_batches', config.calib_batches)
+            cf.one_int('calib_batch_size', config.calib_batch_size)
         if config.supernet and not os.path.isfile(config.supernet):
             raise ConfigError(f'config.supernet: {config.supernet} is not a file; allowed: OFA\'s '
                               'ofa_mbv3_d234_e346_k357_w1.2 (.pth) or \'\' for random weights')
@@ -162,6 +168,7 @@ def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
     search verified it.
     """
     supernet = None
+    source = calibration_source(config)
     if config.supernet:
         try:
             _, supernet = ofa_weights.load_pth(config.supernet, float(config.width))
@@ -183,7 +190,12 @@ def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
                 'dtype': str(config.dtype),
             }
         folder = found_dir(workdir, row['budget_ms'])
-        images = None if supernet is not None else export_lib.random_images(int(arch.resolution))
+        if source is not None:
+            images = calibration_images(source, config, int(arch.resolution))
+        elif supernet is None:
+            images = export_lib.random_images(int(arch.resolution))
+        else:
+            images = None
         meta = export_lib.export_subnet(arch,
                                         folder,
                                         width=float(config.width),
@@ -196,6 +208,27 @@ def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
         out.append({'budget_ms': row['budget_ms'], 'folder': folder, 'weights': meta['weights']})
         row['export'] = folder
     return out
+
+
+def calibration_source(config: ml_collections.ConfigDict) -> Any:
+    """``config.calib_dataset``'s random-access split, or None when not set."""
+    if not config.calib_dataset:
+        return None
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    kwargs = {'data_dir': str(config.calib_data_dir)} if config.calib_data_dir else {}
+    try:
+        return tfds.data_source(str(config.calib_dataset), split=str(config.calib_split), **kwargs)
+    except Exception as err:  # tfds raises many types for a missing dataset.
+        raise ConfigError(f'config.calib_dataset: {config.calib_dataset!r} '
+                          f'(split {config.calib_split!r}): {err}') from None
+
+
+def calibration_images(source: Any, config: ml_collections.ConfigDict,
+                       resolution: int) -> list[np.ndarray]:
+    """The BatchNorm re-calibration batches at ``resolution`` (the same examples for every pick)."""
+    batch = int(config.calib_batch_size)
+    idx = accuracy_data.calibration_indices(len(source), int(config.calib_batches), batch, seed=0)
+    return [x for x, _ in accuracy_data.batches(source, idx, resolution, batch)]
 
 
 def _one(arch: space.Arch) -> space.Arch:
@@ -262,7 +295,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     smallest = float(np.asarray(bound_fn(_one(space.smallest(min(resolutions)))))[0])
     low = [b for b in budgets if b < smallest]
-    if low:
+    if low and config.unreachable == 'drop' and len(low) < len(budgets):
+        print(f'NOTE: budgets {low} ms dropped: below the smallest sub-network\'s latency '
+              f'{smallest:.3f} ms under {bound_desc}')
+        budgets = [b for b in budgets if b >= smallest]
+    elif low:
         raise ConfigError(f'config.budgets_ms: {low} below the smallest sub-network\'s latency '
                           f'{smallest:.3f} ms under {bound_desc} (resolution '
                           f'{min(resolutions)}); use budgets >= {smallest:.3f}')
@@ -326,6 +363,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'calibration_rows': cal.num_rows if cal is not None else 0,
         'closed_loop': closed_loop,
         'rounds': rounds,
+        'smallest_ms': smallest,
+        'dropped_budgets': low if config.unreachable == 'drop' else [],
         'objective_name': objective.name,
         'resolutions': list(resolutions),
         'population_size': params.population_size,

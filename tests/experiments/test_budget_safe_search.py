@@ -10,6 +10,7 @@ import os
 
 from absl.testing import absltest
 import numpy as np
+import tensorflow_datasets as tfds
 
 from experiments.configs import fit_predictor as fit_config
 from experiments.configs import search as search_config
@@ -127,6 +128,25 @@ class BudgetSafeSearchTest(absltest.TestCase):
             self.assertEqual(meta['arch_key'], space.arch_key(space.from_ofa_dict(best['arch'])))
         self.assertEqual([f['budget_ms'] for f in out['found']], [9.0, 11.0])
 
+    def test_export_recalibrates_batchnorm_on_the_dataset_given(self):
+        arch = space.smallest(128)
+        best = [{'arch': space.to_ofa_dict(arch), 'budget_ms': 9.0}]
+        cfg = self._config(export=True,
+                           calib_dataset='cifar10',
+                           calib_batches=2,
+                           calib_batch_size=3,
+                           num_classes=10)
+        workdir = self.create_tempdir().full_path
+        with tfds.testing.mock_data(num_examples=10):
+            found = search_job.export_found(best, cfg, workdir)
+            images = search_job.calibration_images(search_job.calibration_source(cfg), cfg, 128)
+        self.assertEqual([x.shape for x in images], [(3, 128, 128, 3)] * 2)
+        with open(os.path.join(found[0]['folder'], 'export.json')) as f:
+            meta = json.load(f)
+        self.assertIn('BatchNorm re-calibrated on 2 batches', meta['weights'])
+        with self.assertRaisesRegex(search_job.ConfigError, r"^config.calib_dataset: 'no_such"):
+            search_job.calibration_source(self._config(calib_dataset='no_such_dataset'))
+
     def test_closed_loop_gives_up_after_max_rounds_and_says_so(self):
         predictor = checkpoint.load(self.ckpt)
         original = search_job.measure_rows
@@ -144,6 +164,13 @@ class BudgetSafeSearchTest(absltest.TestCase):
         self.assertFalse(any(r['within_budget'] for r in out['results']))
         self.assertFalse(out['best'][0]['within_budget'])
 
+    def test_drop_searches_the_budgets_that_can_be_met(self):
+        out = search_job.run(self._config(budgets_ms=(1.0, 9.0), unreachable='drop', seeds=1),
+                             self.create_tempdir().full_path)
+        self.assertEqual(out['dropped_budgets'], [1.0])
+        self.assertGreater(out['smallest_ms'], 1.0)
+        self.assertEqual({r['budget_ms'] for r in out['results']}, {9.0})
+
     def test_bad_inputs_name_the_field(self):
         tmp = self.create_tempdir().full_path
         for coverage in (0.0, 1.0, 1.2):
@@ -155,6 +182,11 @@ class BudgetSafeSearchTest(absltest.TestCase):
             search_job.run(self._config(coverage=0.99, uncertainty='conformal'), tmp)
         with self.assertRaisesRegex(search_job.ConfigError, r'^config.budgets_ms: \[1.0\] below'):
             search_job.run(self._config(budgets_ms=(1.0, 9.0)), tmp)
+        with self.assertRaisesRegex(search_job.ConfigError, r'^config.budgets_ms: \[1.0\] below'):
+            search_job.run(self._config(budgets_ms=(1.0,), unreachable='drop'), tmp)
+        with self.assertRaisesRegex(search_job.ConfigError,
+                                    r"^config.unreachable: 'skip'; allowed: error, drop"):
+            search_job.run(self._config(unreachable='skip'), tmp)
         with self.assertRaisesRegex(search_job.ConfigError, r'^config.calibration: '):
             search_job.run(self._config(calibration=os.path.join(tmp, 'nope.json')), tmp)
         with self.assertRaisesRegex(search_job.ConfigError, r'^config.uncertainty: '):
