@@ -223,7 +223,12 @@ class Predictor:
             raise ValueError('upper: this predictor has no calibration (conformal.json); fit it '
                              'with experiments.fit_predictor, or conformal.fit(...) on held-out '
                              'rows and replace(calibration=...)')
-        return self.calibration.bound_fn(self, coverage)(archs)
+        spread = self.log_spread if self.calibration.normalized else None
+        return self.calibration.bound_fn(self, coverage, spread)(archs)
+
+    def log_spread(self, archs: space.Arch) -> jnp.ndarray:
+        """float32[N]: the members' standard deviation of log latency (0 for one member)."""
+        return conformal.log_spread(self.members_ms(archs))
 
     def replace(self, **changes) -> 'Predictor':
         """A copy with some fields changed (e.g. ``params`` or ``context``)."""

@@ -29,6 +29,7 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,6 +37,8 @@ from ofa_jax import files
 
 FILE = 'conformal.json'
 FORMAT = 'ofa_jax.conformal/1'
+
+MIN_SPREAD = 1e-4  # Median ensemble spread (log latency) below which members count as one.
 
 
 def check_coverage(coverage: Any, field: str = 'coverage') -> float:
@@ -73,22 +76,33 @@ class Calibration:
       scores: b sorted float64 arrays of ``log(measured / predicted)``.
       estimator: what was calibrated (label, for reports).
       rows: which rows were the calibration set (label, for reports).
+      spread_floor: 0 for plain scores. Else the scores are
+        ``log(measured / predicted) / max(spread, spread_floor)``, ``spread``
+        an ensemble's per-row spread (:func:`log_spread`), and a bound needs
+        the spread of the rows it bounds (normalised conformal, Papadopoulos
+        et al. 2008): wider where the members disagree, tighter where they agree.
     """
 
     edges: np.ndarray
     scores: tuple[np.ndarray, ...]
     estimator: str = ''
     rows: str = ''
+    spread_floor: float = 0.0  # > 0: scores are normalised by an ensemble's spread
 
     @property
     def num_rows(self) -> int:
         """Calibration rows in all."""
         return int(sum(s.size for s in self.scores))
 
-    def factors(self, coverage: float) -> np.ndarray:
-        """float64[b]: ``exp(q_c)`` of each range (``inf`` where it has too few rows)."""
+    def quantiles(self, coverage: float) -> np.ndarray:
+        """float64[b]: the score quantile ``q_c`` of each range (``inf`` with too few rows)."""
         c = check_coverage(coverage)
-        return np.exp([conformal_quantile(s, c) for s in self.scores])
+        return np.asarray([conformal_quantile(s, c) for s in self.scores], np.float64)
+
+    def factors(self, coverage: float) -> np.ndarray:
+        """float64[b]: ``exp(q_c)`` of each range: bound / prediction for plain scores."""
+        with np.errstate(over='ignore'):
+            return np.exp(self.quantiles(coverage))
 
     def check_usable(self, coverage: float, field: str = 'coverage') -> None:
         """ValueError naming ``field`` when some range has too few rows for ``coverage``."""
@@ -105,29 +119,62 @@ class Calibration:
         n = min(s.size for s in self.scores)
         return n / (n + 1.0)
 
-    def upper(self, predicted_ms: Any, coverage: float) -> np.ndarray:
-        """float64 upper bounds of predictions ``predicted_ms`` at ``coverage`` (host)."""
+    @property
+    def normalized(self) -> bool:
+        """Whether bounds need the ensemble spread of the rows they bound."""
+        return self.spread_floor > 0
+
+    def _check_spread(self, spread: Any, where: str) -> None:
+        if self.normalized and spread is None:
+            raise ValueError(f'{where}: this calibration is normalised by an ensemble\'s spread '
+                             f'({self.estimator or "estimator"}); pass the spread of the rows')
+
+    def upper(self, predicted_ms: Any, coverage: float, spread: Any = None) -> np.ndarray:
+        """float64 upper bounds of predictions ``predicted_ms`` at ``coverage`` (host).
+
+        ``spread``: the rows' ensemble spread (:func:`log_spread`), needed when
+        :attr:`normalized`, ignored otherwise.
+        """
         p = np.asarray(predicted_ms, np.float64)
         self.check_usable(coverage)
-        return p * self.factors(coverage)[np.searchsorted(self.edges, p, side='right')]
+        self._check_spread(spread, 'upper')
+        q = self.quantiles(coverage)[np.searchsorted(self.edges, p, side='right')]
+        if self.normalized:
+            q = q * np.maximum(np.asarray(spread, np.float64), self.spread_floor)
+        return p * np.exp(q)
 
-    def bound_fn(self, latency_fn: Callable[[Any], Any],
-                 coverage: float) -> Callable[[Any], jnp.ndarray]:
-        """A jittable ``archs -> float32[n]`` upper bound of ``latency_fn`` at ``coverage``."""
+    def bound_fn(self,
+                 latency_fn: Callable[[Any], Any],
+                 coverage: float,
+                 spread_fn: Callable[[Any], Any] | None = None) -> Callable[[Any], jnp.ndarray]:
+        """A jittable ``archs -> float32[n]`` upper bound of ``latency_fn`` at ``coverage``.
+
+        ``spread_fn``: ``archs -> float[n]`` ensemble spread, needed when
+        :attr:`normalized` (e.g. ``Predictor.log_spread``).
+        """
         self.check_usable(coverage)
-        factors = jnp.asarray(self.factors(coverage), jnp.float32)
+        self._check_spread(spread_fn, 'bound_fn')
+        logq = jnp.asarray(self.quantiles(coverage), jnp.float32)
         edges = jnp.asarray(self.edges, jnp.float32)
+        floor = float(self.spread_floor)
 
         def bound(archs):
             p = jnp.asarray(latency_fn(archs), jnp.float32)
-            return p * factors[jnp.searchsorted(edges, p, side='right')]
+            q = logq[jnp.searchsorted(edges, p, side='right')]
+            if floor > 0:
+                q = q * jnp.maximum(jnp.asarray(spread_fn(archs), jnp.float32), floor)
+            return p * jnp.exp(q)
 
         return bound
 
-    def coverage_of(self, predicted_ms: Any, measured_ms: Any, coverage: float) -> float:
+    def coverage_of(self,
+                    predicted_ms: Any,
+                    measured_ms: Any,
+                    coverage: float,
+                    spread: Any = None) -> float:
         """Share of rows whose measurement is within the bound (checked on rows not fitted)."""
         y = np.asarray(measured_ms, np.float64)
-        return float(np.mean(y <= self.upper(predicted_ms, coverage)))
+        return float(np.mean(y <= self.upper(predicted_ms, coverage, spread)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +183,7 @@ class Calibration:
             'rows': self.rows,
             'edges_ms': [float(e) for e in self.edges],
             'log_ratio_scores': [[float(v) for v in s] for s in self.scores],
+            'spread_floor': float(self.spread_floor),
         }
 
     @classmethod
@@ -157,10 +205,18 @@ class Calibration:
             raise ValueError(f'{where}: non-finite edge or score')
         if np.any(np.diff(edges) <= 0):
             raise ValueError(f'{where}: edges_ms not strictly ascending')
+        try:
+            floor = float(d.get('spread_floor', 0.0))
+        except (TypeError, ValueError):
+            floor = float('nan')
+        if not (np.isfinite(floor) and floor >= 0):
+            raise ValueError(f'{where}: spread_floor {d.get("spread_floor")!r}; allowed: a '
+                             'finite number >= 0')
         return cls(edges=edges,
                    scores=scores,
                    estimator=str(d.get('estimator', '')),
-                   rows=str(d.get('rows', '')))
+                   rows=str(d.get('rows', '')),
+                   spread_floor=floor)
 
     def save(self, path: str | os.PathLike) -> str:
         """Writes the JSON (atomically) to ``path``, or ``path/conformal.json`` for a folder."""
@@ -192,11 +248,17 @@ def fit(predicted_ms: Sequence[float] | np.ndarray,
         max_bins: int = 3,
         min_per_bin: int = 40,
         estimator: str = '',
-        rows: str = '') -> Calibration:
+        rows: str = '',
+        spread: Sequence[float] | np.ndarray | None = None) -> Calibration:
     """Calibrates on held-out rows (predictions of an estimator never fitted on them).
 
     Args:
       predicted_ms, measured_ms: float[n] > 0 on the same rows.
+      spread: float[n] >= 0, an ensemble's spread on those rows
+        (:func:`log_spread`): the scores are normalised by it (floored at a
+        quarter of its median, so that members that happen to agree do not
+        make a bound of zero width). ``None``, or members that agree (median
+        spread <= :data:`MIN_SPREAD`): plain relative scores.
       max_bins: at most this many latency ranges, cut at quantiles of the
         predictions; fewer when there are under ``min_per_bin`` rows per range.
       min_per_bin: rows a range needs (40 bounds coverage 0.95 with 2 rows
@@ -226,7 +288,28 @@ def fit(predicted_ms: Sequence[float] | np.ndarray,
     edges = np.unique(np.quantile(p, np.arange(1, bins) / bins)) if bins > 1 else np.zeros(0)
     which = np.searchsorted(edges, p, side='right')
     s = np.log(y / p)
+    floor = 0.0
+    if spread is not None:
+        sd = np.asarray(spread, np.float64).reshape(-1)
+        if sd.shape != p.shape or not np.all(np.isfinite(sd) & (sd >= 0)):
+            raise ValueError(f'conformal.fit: spread must be {p.size} finite numbers >= 0')
+        if float(np.median(sd)) > MIN_SPREAD:  # Else the members agree: plain scores.
+            floor = 0.25 * float(np.median(sd))
+            s = s / np.maximum(sd, floor)
     scores = tuple(np.sort(s[which == i]) for i in range(edges.size + 1))
     if any(x.size == 0 for x in scores):  # Ties in p: fall back to one range.
         edges, scores = np.zeros(0), (np.sort(s),)
-    return Calibration(edges=edges, scores=scores, estimator=estimator, rows=rows)
+    return Calibration(edges=edges,
+                       scores=scores,
+                       estimator=estimator,
+                       rows=rows,
+                       spread_floor=floor)
+
+
+def log_spread(members_ms: Any) -> Any:
+    """float[n]: standard deviation over an ensemble's members of ``log(latency)``.
+
+    ``members_ms``: float[K, n] member predictions (numpy or jax; jittable).
+    """
+    xp = jnp if isinstance(members_ms, jax.Array) else np
+    return xp.std(xp.log(xp.maximum(members_ms, 1e-6)), axis=0)

@@ -125,20 +125,44 @@ def merge_duplicates(archs: space.Arch, lat: np.ndarray,
     return merged.archs, merged.latency_ms, counts
 
 
-def calibrate(cal_pred: np.ndarray, cal_lat: np.ndarray, test_pred: np.ndarray,
-              test_lat: np.ndarray, workdir: str, ckpt_dir: str | None, *, estimator: str,
-              rows: str) -> dict[str, Any]:
+def calibrate(cal_pred: np.ndarray,
+              cal_lat: np.ndarray,
+              test_pred: np.ndarray,
+              test_lat: np.ndarray,
+              workdir: str,
+              ckpt_dir: str | None,
+              *,
+              estimator: str,
+              rows: str,
+              cal_spread: np.ndarray | None = None,
+              test_spread: np.ndarray | None = None) -> dict[str, Any]:
     """Fits the conformal bound on held-out rows, saves it, reports test-row coverage.
 
     Writes ``workdir/conformal.json`` (and into ``ckpt_dir`` when given, so a
     checkpoint carries its bound). Returns what ``metrics.json`` records:
     rows, ranges and, per coverage of :data:`COVERAGES` that the rows can
     bound, the share of test rows within the bound and the mean bound/prediction.
+    With an ensemble's spread (``cal_spread``, ``test_spread``) the bound is
+    normalised by it; ``plain`` then holds the same figures without it.
     """
     finite = np.isfinite(cal_pred) & (cal_pred > 0)
     if finite.sum() < 2:
         return {'calibration_rows': int(finite.sum()), 'note': 'too few rows to calibrate'}
-    cal = conformal.fit(cal_pred[finite], cal_lat[finite], estimator=estimator, rows=rows)
+    plain = None
+    if cal_spread is not None:
+        plain = calibrate(cal_pred,
+                          cal_lat,
+                          test_pred,
+                          test_lat,
+                          workdir,
+                          None,
+                          estimator=estimator,
+                          rows=rows)
+    cal = conformal.fit(cal_pred[finite],
+                        cal_lat[finite],
+                        estimator=estimator,
+                        rows=rows,
+                        spread=None if cal_spread is None else cal_spread[finite])
     cal.save(os.path.join(workdir, conformal.FILE))
     if ckpt_dir:
         cal.save(os.path.join(ckpt_dir, conformal.FILE))
@@ -151,9 +175,12 @@ def calibrate(cal_pred: np.ndarray, cal_lat: np.ndarray, test_pred: np.ndarray,
     }
     for c in COVERAGES:
         if c <= cal.max_coverage():
-            out['test_coverage'][str(c)] = cal.coverage_of(test_pred, test_lat, c)
+            out['test_coverage'][str(c)] = cal.coverage_of(test_pred, test_lat, c, test_spread)
             out['mean_bound_over_prediction'][str(c)] = float(
-                np.mean(cal.upper(test_pred, c) / test_pred))
+                np.mean(cal.upper(test_pred, c, test_spread) / test_pred))
+    if plain is not None and cal.normalized:
+        out['normalized_by'] = 'ensemble spread of log latency'
+        out['plain'] = plain
     return out
 
 
@@ -242,6 +269,7 @@ def run(config: ml_collections.ConfigDict,
     }
     t0 = time.perf_counter()
     ckpt_dir = None
+    cal_spread = test_spread = None
     if config.model == 'lut':
         table = lut_lib.load_lut(config.lut,
                                  width=float(config.lut_width),
@@ -297,6 +325,9 @@ def run(config: ml_collections.ConfigDict,
         ckpt_dir = os.path.join(workdir, 'checkpoint')
         checkpoint.save(predictor, ckpt_dir)
         cal_rows, cal_pred = va, np.asarray(predictor(archs[va]), np.float64)
+        if int(config.members) > 1 and len(va):
+            cal_spread = np.asarray(predictor.log_spread(archs[va]), np.float64)
+            test_spread = np.asarray(predictor.log_spread(archs[te]), np.float64)
     if not np.all(np.isfinite(pred)):
         raise ValueError(f'{config.model}: non-finite predictions on '
                          f'{int((~np.isfinite(pred)).sum())} test rows (resolution not covered?)')
@@ -309,7 +340,9 @@ def run(config: ml_collections.ConfigDict,
         workdir,
         ckpt_dir,
         estimator=str(config.model),
-        rows=('training and validation rows' if config.model == 'lut' else 'validation rows'))
+        rows=('training and validation rows' if config.model == 'lut' else 'validation rows'),
+        cal_spread=cal_spread,
+        test_spread=test_spread)
     files.write_json(os.path.join(workdir, 'metrics.json'), out)
     plots.pred_vs_measured(
         os.path.join(workdir, 'pred_vs_measured.png'), pred, lat[te],

@@ -287,7 +287,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     cal = load_calibration(config, latency_fn)
     coverage = float(config.coverage)
     # The search's constraint: the calibrated upper bound, or the point estimate.
-    bound_fn = cal.bound_fn(latency_fn, coverage) if cal is not None else latency_fn
+    spread_fn = None
+    if cal is not None and cal.normalized:
+        spread_fn = getattr(latency_fn, 'log_spread', None)
+        if spread_fn is None:
+            raise ConfigError(f'config.calibration: normalised by an ensemble\'s spread, but '
+                              f'{latency_desc} is not an ensemble predictor')
+    bound_fn = cal.bound_fn(latency_fn, coverage, spread_fn) if cal is not None else latency_fn
     bound_desc = (f'{coverage:g}-coverage conformal bound of {latency_desc}'
                   if cal is not None else latency_desc)
     objective = load_objective(config.accuracy, config.width)

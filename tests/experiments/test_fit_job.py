@@ -83,6 +83,26 @@ class FitExperimentTest(absltest.TestCase):
         with self.assertRaisesRegex(ValueError, 'no XLA costs'):
             experiment_fit.run(cfg, work, data=(archs[:100], lat[:100]))
 
+    def test_an_ensemble_is_calibrated_on_its_spread(self):
+        folder = self.create_tempdir().full_path
+        archs = space.sample_np(np.random.default_rng(5), 200, resolutions=(160,))
+        rng = np.random.default_rng(6)
+        lat = (2.0 + np.asarray(archs.depth).sum(-1) * 0.3) * np.exp(rng.normal(0, 0.03, 200))
+        path = os.path.join(folder, 'dev.csv')
+        csvio.write_ofa_csv(path, archs, lat)
+        cfg = fit_config.get_config()
+        cfg.update(data=path, model='mlp', max_steps=20, eval_every=10, members=3)
+        out = experiment_fit.run(cfg, os.path.join(folder, 'work'))
+        self.assertIn('plain', out['conformal'])
+        self.assertEqual(set(out['conformal']['test_coverage']), {'0.8', '0.9', '0.95'})
+        loaded = checkpoint.load(os.path.join(folder, 'work', 'checkpoint'))
+        self.assertTrue(loaded.calibration.normalized)
+        spread = np.asarray(loaded.log_spread(archs[:8]))
+        self.assertTrue(np.all(spread > 0))
+        upper = np.asarray(loaded.upper(archs[:8], 0.9))
+        want = loaded.calibration.upper(np.asarray(loaded(archs[:8])), 0.9, spread)
+        np.testing.assert_allclose(upper, want, rtol=1e-5)
+
     def test_repeated_archs_are_merged_before_the_split(self):
         folder = self.create_tempdir().full_path
         archs = space.sample_np(np.random.default_rng(1), 60, resolutions=(160,))

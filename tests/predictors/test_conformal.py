@@ -74,6 +74,39 @@ class ConformalTest(parameterized.TestCase):
         bound = jax.jit(cal.bound_fn(lambda x: x, 0.9))
         np.testing.assert_allclose(np.asarray(bound(p)), cal.upper(p, 0.9), rtol=1e-6)
 
+    def test_ensemble_spread_narrows_the_bound_where_members_agree(self):
+        rng = np.random.default_rng(4)
+
+        def rows(n):  # Errors 4x larger where the (stand-in) members disagree 4x more.
+            sd = rng.choice([0.02, 0.08], n)
+            p = rng.uniform(5.0, 30.0, n)
+            return p, p * np.exp(rng.normal(0.0, sd)), sd
+
+        p, y, sd = rows(600)
+        plain = conformal.fit(p, y, max_bins=1)
+        norm = conformal.fit(p, y, max_bins=1, spread=sd)
+        self.assertTrue(norm.normalized)
+        self.assertFalse(plain.normalized)
+        p, y, sd = rows(20000)
+        calm = sd < 0.05
+        # One factor for all rows under-covers the rows the members disagree on.
+        self.assertLess(plain.coverage_of(p[~calm], y[~calm], 0.9), 0.87)
+        self.assertBetween(norm.coverage_of(p[~calm], y[~calm], 0.9, sd[~calm]), 0.87, 0.93)
+        self.assertBetween(norm.coverage_of(p, y, 0.9, sd), 0.88, 0.92)
+        # ... and is tighter where they agree.
+        self.assertLess(np.mean(norm.upper(p[calm], 0.9, sd[calm])),
+                        np.mean(plain.upper(p[calm], 0.9)))
+        with self.assertRaisesRegex(ValueError, r'^upper: .*normalised by an ensemble'):
+            norm.upper(p, 0.9)
+        bound = jax.jit(norm.bound_fn(lambda x: x[0], 0.9, lambda x: x[1]))
+        q = np.stack([p[:64], sd[:64]]).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(bound(q)), norm.upper(q[0], 0.9, q[1]), rtol=1e-5)
+        again = conformal.Calibration.from_dict(norm.to_dict())
+        self.assertEqual(again.spread_floor, norm.spread_floor)
+        self.assertFalse(conformal.fit(p, y, spread=np.zeros_like(p)).normalized)  # Agree.
+        members = np.exp(rng.normal(2.0, 0.1, (5, 7)))
+        np.testing.assert_allclose(conformal.log_spread(members), np.log(members).std(0))
+
     def test_save_load_round_trip_and_malformed_files(self):
         rng = np.random.default_rng(3)
         cal = conformal.fit(*_rows(rng, 200), estimator='additive', rows='validation rows')
