@@ -1,0 +1,188 @@
+"""The zoo job and onboarding a new device from its zoo on this CPU, a rerun, bad fields.
+
+A two-member zoo is built by the zoo job from synthetic CSV files (few training
+steps), then a device is onboarded from it with 1 reference arch and 5 shots.
+"""
+
+import json
+import os
+import shutil
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from experiments import config_fields as cf
+from experiments.configs import build_zoo as zoo_config
+from experiments.configs import onboard as onboard_config
+from experiments.jobs import build_zoo as zoo_job
+from experiments.jobs import onboard as onboard_job
+from ofa_jax import counts
+from ofa_jax import csvio
+from ofa_jax import space
+from predictors import checkpoint
+from predictors import zoo as zoo_lib
+
+
+def write_device_csvs(folder, n=40):
+    """Two synthetic devices' latencies of the same seeded archs at resolution 128."""
+    archs = space.sample_np(np.random.default_rng(0), n, resolutions=(128,))
+    macs = np.asarray(counts.count_macs(archs, 1.2, num_classes=10), np.float64) / 1e6
+    depth = np.asarray(archs.depth).sum(-1)
+    a = os.path.join(folder, 'fast_batch1.csv')
+    b = os.path.join(folder, 'slow.csv')
+    csvio.write_ofa_csv(a, archs, 0.5 + 0.01 * macs)
+    csvio.write_ofa_csv(b, archs, 1.0 + 0.03 * macs + 0.2 * depth)
+    return a, b
+
+
+def tiny_zoo_config(a, b):
+    """The zoo job on two CSV files with 20 training steps."""
+    c = zoo_config.get_config()
+    c.sources = (a, b)
+    c.devices = (f'{os.path.basename(a)}:2080ti',)
+    c.batch_sizes = (f'{os.path.basename(b)}:8',)
+    c.fit.max_steps = 20
+    c.fit.eval_every = 10
+    return c
+
+
+def tiny_config(zoo_dir):
+    """1 reference arch + 5 shots at resolution 128, 10 classes, 3 timed runs, few steps."""
+    c = onboard_config.get_config()
+    c.zoo = zoo_dir
+    c.device = 'cpu'
+    c.shots = 5
+    c.references = 1
+    c.depthwise = 'conv'  # Compiles faster than 'shifted' on XLA:CPU; runs slower.
+    c.pool = 200
+    c.num_classes = 10
+    c.microbenchmarks = False
+    c.progress = False
+    c.protocol.update(warmup=1, repeats=3, min_time=0.0, number=1, paired=False)
+    c.curve = (2,)
+    c.strategies = ('stack', 'affine', 'shots_only')  # finetune: one compile per fold
+    c.finetune_steps = 5
+    c.distill.archs = 64
+    c.distill.max_steps = 20
+    c.distill.eval_every = 10
+    return c
+
+
+class OnboardTest(parameterized.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.folder = absltest.get_default_test_tmpdir() + '/onboard_test'
+        shutil.rmtree(cls.folder, ignore_errors=True)
+        os.makedirs(cls.folder)
+        cls.csvs = write_device_csvs(cls.folder)
+        cls.zoo_dir = os.path.join(cls.folder, 'zoo')
+        cls.zoo_summary = zoo_job.run(tiny_zoo_config(*cls.csvs), cls.zoo_dir)
+
+    def test_zoo_job_wrote_a_zoo(self):
+        self.assertEqual(self.zoo_summary['members'], ['fast_batch1', 'slow_b8'])
+        zoo = zoo_lib.load(self.zoo_dir)
+        fast, slow = zoo.members
+        self.assertEqual((fast.device, fast.batch, slow.device, slow.batch),
+                         ('2080ti', 1, 'slow', 8))
+        self.assertEqual(fast.hardware['name'], 'rtx_2080_ti')
+        self.assertIsNone(slow.hardware)
+        self.assertEqual(fast.metrics['rows']['read'], 40)  # The fit job's metrics.json.
+        self.assertEqual(zoo.reference_resolutions, (128,))
+        np.testing.assert_allclose(slow.predictor(zoo.reference), slow.reference_ms, rtol=1e-5)
+
+    def test_zoo_job_errors_name_the_field(self):
+        c = tiny_zoo_config(*self.csvs)
+        c.sources = (os.path.join(self.folder, 'nope.csv'),)
+        with self.assertRaisesRegex(cf.ConfigError, 'config.sources: .*nope.csv.* does not exist'):
+            zoo_job.run(c, self.create_tempdir().full_path)
+        c = tiny_zoo_config(*self.csvs)
+        c.batch_sizes = (f'{os.path.basename(self.csvs[0])}:zero',)
+        with self.assertRaisesRegex(cf.ConfigError, "config.batch_sizes: 'zero'"):
+            zoo_job.run(c, self.create_tempdir().full_path)
+        c = tiny_zoo_config(*self.csvs)
+        c.fit.model = 'lut'
+        with self.assertRaisesRegex(cf.ConfigError, 'config.fit.model: .lut.; allowed: mlp'):
+            zoo_job.run(c, self.create_tempdir().full_path)
+
+    def test_onboard_then_rerun_measures_nothing(self):
+        work = os.path.join(self.folder, 'work')
+        out = onboard_job.run(tiny_config(self.zoo_dir), work)
+        self.assertEqual((out['measured_now'], out['already_done']), (6, 0))
+        self.assertEqual(out['selection'], 'disagreement')
+        self.assertIn(out['chosen'], ('stack', 'affine', 'shots_only'))
+        self.assertEqual([p['shots'] for p in out['curve']], [2, 5])
+        self.assertEqual([p['rows'] for p in out['curve']], [3, 6])
+        for p in out['curve']:
+            self.assertEqual(set(p['cv']), {'stack', 'affine', 'shots_only'})
+            self.assertTrue(all(np.isfinite(m['mape']) for m in p['cv'].values()))
+        loaded = checkpoint.load(os.path.join(work, 'checkpoint'))
+        archs = space.sample_np(np.random.default_rng(5), 7, resolutions=(128,))
+        pred = np.asarray(loaded(archs))
+        self.assertEqual(pred.shape, (7,))
+        self.assertTrue(np.all(np.isfinite(pred) & (pred > 0)))
+        self.assertEqual(loaded.meta['onboard']['strategy'], out['chosen'])
+        self.assertIsNotNone(loaded.calibration)
+        with open(os.path.join(work, 'report.md')) as f:
+            md = f.read()
+        for text in ('## Learning curve', '## Chosen adaptation', 'learning_curve.png',
+                     'python -m experiments.onboard'):
+            self.assertIn(text, md)
+        self.assertTrue(os.path.exists(os.path.join(work, 'learning_curve.png')))
+        with open(os.path.join(work, 'onboard.json')) as f:
+            self.assertEqual(json.load(f)['chosen'], out['chosen'])
+
+        again = onboard_job.run(tiny_config(self.zoo_dir), work)
+        self.assertEqual((again['measured_now'], again['already_done']), (0, 6))
+        self.assertEqual(again['shot_keys'], out['shot_keys'])  # Same plan, same rows.
+        self.assertEqual(again['chosen'], out['chosen'])
+
+    def test_shots_are_a_prefix_and_spread(self):
+        pool = space.sample_np(np.random.default_rng(1), 300, resolutions=(128, 160, 224))
+        kw = dict(resolutions=(128, 160, 224), width=1.2, num_classes=10)
+        ones = np.ones(300)
+        five = onboard_job.choose_shots(5, pool, None, ones, **kw)
+        ten = onboard_job.choose_shots(10, pool, None, ones, **kw)
+        np.testing.assert_array_equal(ten[:5], five)
+        self.assertLen(set(ten.tolist()), 10)
+        self.assertGreater(len(set(np.asarray(pool.resolution[ten]).tolist())), 1)
+        # All disagreement on one candidate: it is picked first.
+        weight = np.full(300, 0.01)
+        weight[17] = 1.0
+        self.assertEqual(onboard_job.choose_shots(1, pool, None, weight, **kw)[0], 17)
+
+    @parameterized.named_parameters(
+        ('shots', 'shots', -1, r'config.shots: \(-1,\); allowed: integers >= 0'),
+        ('selection', 'selection', 'best',
+         "config.selection: 'best'; allowed: disagreement, spread"),
+        ('strategy', 'strategies', ('stack', 'magic'),
+         r"config.strategies: \['magic'\] not allowed; allowed: .*stack, affine, finetune"),
+        ('references', 'references', 11, 'config.references: 11; allowed: 0 to 10'),
+        ('resolution', 'resolutions', (130,), r'config.resolutions: \[130\] not allowed'),
+        ('width', 'width', 1.0, 'config.width: 1.0; the zoo .* holds width 1.2.*allowed: 1.2'),
+        ('members', 'members',
+         ('fast_batch1', 'nope'), r"config.members: \['nope'\] not in the zoo; "
+         'allowed: .*fast_batch1, slow_b8'),
+        ('zoo', 'zoo', '/nonexistent/zoo', 'config.zoo: /nonexistent/zoo: no such folder'),
+        ('pool', 'pool', 0, r'config.pool: \(0,\); allowed: integers >= 1'),
+    )
+    def test_bad_field_names_field_value_and_allowed(self, field, value, message):
+        c = tiny_config(self.zoo_dir)
+        c[field] = value
+        with self.assertRaisesRegex(cf.ConfigError, message):
+            onboard_job.make_plan(c)
+
+    def test_lut_strategies_need_a_lut(self):
+        c = tiny_config(self.zoo_dir)
+        c.strategies = ('lut', 'blend')
+        with self.assertRaisesRegex(cf.ConfigError, 'config.strategies: .* all need a LUT'):
+            onboard_job.make_plan(c)
+        c.lut, c.lut_dir = True, '/somewhere'
+        with self.assertRaisesRegex(cf.ConfigError, 'config.lut_dir: .*allowed: one of'):
+            onboard_job.make_plan(c)
+
+
+if __name__ == '__main__':
+    absltest.main()
