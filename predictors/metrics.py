@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-METRIC_NAMES = ('rmse_ms', 'mae_ms', 'mape', 'acc5', 'acc10', 'kendall_tau', 'spearman')
+METRIC_NAMES = ('rmse_ms', 'mae_ms', 'mape', 'acc5', 'acc10', 'kendall_tau', 'spearman', 'pearson')
 
 
 def _pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
@@ -58,13 +58,22 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(pred, true) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks)."""
-    pred, true = _pair(pred, true)
-    a, b = _average_ranks(pred), _average_ranks(true)
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else float('nan')
+
+
+def pearson(pred, true) -> float:
+    """Pearson (linear) correlation coefficient; NaN when either input is constant."""
+    pred, true = _pair(pred, true)
+    return _correlation(pred, true)
+
+
+def spearman(pred, true) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks)."""
+    pred, true = _pair(pred, true)
+    return _correlation(_average_ranks(pred), _average_ranks(true))
 
 
 def kendall_tau(pred, true, *, block: int = 2048) -> float:
@@ -97,4 +106,5 @@ def all_metrics(pred, true) -> dict[str, float]:
         'acc10': within(pred, true, 0.10),
         'kendall_tau': kendall_tau(pred, true),
         'spearman': spearman(pred, true),
+        'pearson': pearson(pred, true),
     }
