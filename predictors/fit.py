@@ -88,9 +88,19 @@ def fit_predictor(
         val = (make_inputs(val_archs, fspec, val_context), norm.encode(val_ms))
     init = None
     if model_name == 'additive':
+        ridge = 1e-6
+        if val is not None:
+            ridge, _ = train_lib.select_prior_ridge(train_archs,
+                                                    np.asarray(y_tr),
+                                                    val_archs,
+                                                    np.asarray(val[1]),
+                                                    fspec,
+                                                    loss=hp.loss,
+                                                    huber_delta=hp.huber_delta)
         lin = train_lib.additive_lstsq_init(train_archs,
                                             np.asarray(y_tr),
                                             fspec,
+                                            prior_ridge=ridge,
                                             loss=hp.loss,
                                             huber_delta=hp.huber_delta)
         init = model.init(jax.random.PRNGKey(seed), jax.tree_util.tree_map(lambda v: v[:1], x_tr))
