@@ -38,6 +38,10 @@ from predictors import conformal
 _STORE = flags.DEFINE_string('store', '', 'A latency store of this machine (optional).')
 _SPLITS = flags.DEFINE_integer('splits', 5, 'Random splits of the exchangeable check.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/conformal_coverage.json', 'Result file.')
+_SPLIT = flags.DEFINE_string(
+    'split', '', 'Train,val,test fractions of the fit (e.g. 0.6,0.25,0.15 gives a small '
+    'store enough calibration rows for 0.95); empty: the fit job\'s 70/15/15.')
+_RTX = flags.DEFINE_bool('rtx', True, 'Include the public RTX 2080 Ti file.')
 
 COVERAGES = (0.8, 0.9, 0.95)
 
@@ -45,6 +49,8 @@ COVERAGES = (0.8, 0.9, 0.95)
 def _fit(data: str, width: float, work: str, max_steps: int) -> dict:
     cfg = fit_config.get_config()
     cfg.update(data=data, width=width, model='additive', max_steps=max_steps)
+    if _SPLIT.value:
+        cfg.split = tuple(float(v) for v in _SPLIT.value.split(','))
     return fit_job.run(cfg, work)
 
 
@@ -60,7 +66,10 @@ def random_splits(data: str, width: float, work: str, splits: int, max_steps: in
         out = _fit(path, width, os.path.join(work, f's{i}'), max_steps)
         for c, v in out['conformal']['test_coverage'].items():
             shares[c].append(v)
-    return {c: float(np.mean(v)) for c, v in shares.items() if v}
+    out = {c: float(np.mean(v)) for c, v in shares.items() if v}
+    # Spread of the mean over splits (the splits share rows, so a rough guide).
+    out['sem'] = {c: float(np.std(v) / np.sqrt(len(v))) for c, v in shares.items() if v}
+    return out
 
 
 def _line(name: str, how: str, coverage: dict, width: dict | None = None) -> str:
@@ -78,7 +87,9 @@ def main(argv):
     del argv
     data_sets = []
     rtx = os.path.join(external_data.root(), 'ofanas_ofa_w1.0', 'RTX_2080_Ti_GPU_ofa.csv')
-    if os.path.exists(rtx):
+    if not _RTX.value:
+        pass
+    elif os.path.exists(rtx):
         data_sets.append(('RTX 2080 Ti (public file)', rtx, 1.0, 3000))
     else:
         print(f'skipping the RTX file: {rtx} absent')
@@ -103,7 +114,9 @@ def main(argv):
                     f'{cov["ranges"]} range(s), {out["rows"]["test"]} test rows',
                     cov['test_coverage'], cov['mean_bound_over_prediction']))
             shuffled = random_splits(path, width, tmp, _SPLITS.value, steps)
-            lines.append(_line(name, f'{_SPLITS.value} random splits, mean', shuffled))
+            sem = ', '.join(f'{c}: {100 * v:.1f}' for c, v in shuffled['sem'].items())
+            lines.append(
+                _line(name, f'{_SPLITS.value} random splits, mean (s.e. points {sem})', shuffled))
             print('\n'.join(lines[-2:]), flush=True)
             results.append({
                 'data': name,
@@ -121,7 +134,9 @@ def main(argv):
         _OUT.value, {
             'command':
                 'python -m benchmarks.conformal_coverage' +
-                (f' --store={_STORE.value}' if _STORE.value else ''),
+                (f' --store={_STORE.value}' if _STORE.value else '') +
+                (f' --split={_SPLIT.value}' if _SPLIT.value else '') +
+                ('' if _RTX.value else ' --nortx') + f' --splits={_SPLITS.value}',
             'results':
                 results,
             'table':
