@@ -148,24 +148,28 @@ def calibrate(cal_pred: np.ndarray,
     finite = np.isfinite(cal_pred) & (cal_pred > 0)
     if finite.sum() < 2:
         return {'calibration_rows': int(finite.sum()), 'note': 'too few rows to calibrate'}
-    plain = None
-    if cal_spread is not None:
-        plain = calibrate(cal_pred,
-                          cal_lat,
-                          test_pred,
-                          test_lat,
-                          workdir,
-                          None,
-                          estimator=estimator,
-                          rows=rows)
-    cal = conformal.fit(cal_pred[finite],
-                        cal_lat[finite],
-                        estimator=estimator,
-                        rows=rows,
-                        spread=None if cal_spread is None else cal_spread[finite])
+
+    def fitted(spread):
+        return conformal.fit(cal_pred[finite],
+                             cal_lat[finite],
+                             estimator=estimator,
+                             rows=rows,
+                             spread=None if spread is None else spread[finite])
+
+    cal = fitted(cal_spread)
     cal.save(os.path.join(workdir, conformal.FILE))
     if ckpt_dir:
         cal.save(os.path.join(ckpt_dir, conformal.FILE))
+    out = _coverage_report(cal, test_pred, test_lat, test_spread)
+    if cal.normalized:
+        out['normalized_by'] = 'ensemble spread of log latency'
+        out['plain'] = _coverage_report(fitted(None), test_pred, test_lat, None)
+    return out
+
+
+def _coverage_report(cal: conformal.Calibration, test_pred: np.ndarray, test_lat: np.ndarray,
+                     test_spread: np.ndarray | None) -> dict[str, Any]:
+    """Rows, ranges, and per coverage the test rows can check: share within and width."""
     out: dict[str, Any] = {
         'calibration_rows': cal.num_rows,
         'ranges': len(cal.scores),
@@ -178,9 +182,6 @@ def calibrate(cal_pred: np.ndarray,
             out['test_coverage'][str(c)] = cal.coverage_of(test_pred, test_lat, c, test_spread)
             out['mean_bound_over_prediction'][str(c)] = float(
                 np.mean(cal.upper(test_pred, c, test_spread) / test_pred))
-    if plain is not None and cal.normalized:
-        out['normalized_by'] = 'ensemble spread of log latency'
-        out['plain'] = plain
     return out
 
 

@@ -169,6 +169,7 @@ def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
     """
     supernet = None
     source = calibration_source(config)
+    calibration: dict[int, list[np.ndarray]] = {}
     if config.supernet:
         try:
             _, supernet = ofa_weights.load_pth(config.supernet, float(config.width))
@@ -191,7 +192,10 @@ def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
             }
         folder = found_dir(workdir, row['budget_ms'])
         if source is not None:
-            images = calibration_images(source, config, int(arch.resolution))
+            r = int(arch.resolution)
+            if r not in calibration:  # Picks share resolutions: read each set once.
+                calibration[r] = calibration_images(source, config, r)
+            images = calibration[r]
         elif supernet is None:
             images = export_lib.random_images(int(arch.resolution))
         else:
@@ -370,7 +374,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'closed_loop': closed_loop,
         'rounds': rounds,
         'smallest_ms': smallest,
-        'dropped_budgets': low if config.unreachable == 'drop' else [],
+        'dropped_budgets': low,  # non-empty only with unreachable='drop'
         'objective_name': objective.name,
         'resolutions': list(resolutions),
         'population_size': params.population_size,
