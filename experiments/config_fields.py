@@ -266,3 +266,39 @@ def set_affinity(value: Any, name: str = 'cpu_affinity') -> list[int]:
     if cores is not None:
         os.sched_setaffinity(0, cores)
     return fp_lib.affinity()
+
+
+def file_map(field: str, value: Any) -> dict[str, str]:
+    """``FILE:VALUE`` pairs of a config field (e.g. ``--config.devices=a.csv:2080ti,b.csv:xp``)."""
+    out = {}
+    for item in items(value):
+        path, sep, v = str(item).rpartition(':')
+        if not sep or not path or not v:
+            raise ConfigError(f'config.{field}: entry {item!r} is not FILE:VALUE; allowed: '
+                              'comma separated FILE:VALUE pairs')
+        out[path.strip()] = v.strip()
+    return out
+
+
+def lookup_file(mapping: dict[str, str], path: str) -> str | None:
+    """The value :func:`file_map` holds for ``path`` (its full path or its basename), or None."""
+    for key, value in mapping.items():
+        if key == path or os.path.basename(key) == os.path.basename(path):
+            return value
+    return None
+
+
+def network(config: Any) -> measure.Protocol:
+    """Checks the fields that fix the measured network and its timing; returns the protocol.
+
+    ``batch``, ``dtype``, ``width``, ``num_classes``, ``depthwise``,
+    ``cpu_affinity`` and ``protocol``: the same in every job that times
+    sub-networks on a device.
+    """
+    one_int('batch', config.batch)
+    dtype(config.dtype)
+    width(config.width)
+    one_int('num_classes', config.num_classes)
+    choice('depthwise', config.depthwise, ('auto', 'conv', 'shifted'))
+    cpu_affinity(config.cpu_affinity)
+    return protocol(config.protocol)

@@ -31,13 +31,7 @@ ConfigError = cf.ConfigError
 def check(config: ml_collections.ConfigDict) -> None:
     """Every check that needs no device (ConfigError naming the field)."""
     cf.resolutions(config.resolutions)
-    cf.one_int('batch', config.batch)
-    cf.dtype(config.dtype)
-    cf.width(config.width)
-    cf.one_int('num_classes', config.num_classes)
-    cf.choice('depthwise', config.depthwise, ('auto', 'conv', 'shifted'))
-    cf.cpu_affinity(config.cpu_affinity)
-    cf.protocol(config.protocol)
+    cf.network(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

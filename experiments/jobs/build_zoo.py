@@ -48,28 +48,9 @@ def _slug(text: str) -> str:
     return re.sub(r'[^0-9A-Za-z]+', '_', str(text)).strip('_').lower() or 'device'
 
 
-def file_map(field: str, value: Any) -> dict[str, str]:
-    """``FILE:VALUE`` pairs of a config field (basenames match too)."""
-    out = {}
-    for item in cf.items(value):
-        path, sep, v = str(item).rpartition(':')
-        if not sep or not path or not v:
-            raise ConfigError(f'config.{field}: entry {item!r} is not FILE:VALUE; allowed: '
-                              'comma separated FILE:VALUE pairs')
-        out[path.strip()] = v.strip()
-    return out
-
-
-def _lookup(mapping: dict[str, str], path: str) -> str | None:
-    for key, value in mapping.items():
-        if key == path or os.path.basename(key) == os.path.basename(path):
-            return value
-    return None
-
-
 def _csv_member(path: str, devices: dict[str, str], batches: dict[str, str]) -> MemberSource:
     stem = os.path.splitext(os.path.basename(path))[0]
-    b = _lookup(batches, path)
+    b = cf.lookup_file(batches, path)
     if b is None:
         m = re.search(r'batch(\d+)', stem)
         b = m.group(1) if m else '1'
@@ -80,7 +61,7 @@ def _csv_member(path: str, devices: dict[str, str], batches: dict[str, str]) -> 
     except ValueError:
         raise ConfigError(
             f'config.batch_sizes: {b!r} for {path}; allowed: an integer >= 1') from None
-    device = _lookup(devices, path) or re.sub(r'_?batch\d+', '', stem) or stem
+    device = cf.lookup_file(devices, path) or re.sub(r'_?batch\d+', '', stem) or stem
     name = _slug(stem if re.search(r'batch\d+', stem) else f'{stem}_b{batch}')
     return MemberSource(name=name, device=device, batch=batch, data=path)
 
@@ -115,8 +96,8 @@ def _store_members(path: str,
 def list_members(config: ml_collections.ConfigDict) -> tuple[list[MemberSource], list[str]]:
     """The members of ``config.sources`` and the store groups skipped (ConfigError on bad input)."""
     sources = cf.str_tuple('sources', config.sources)
-    devices = file_map('devices', config.devices)
-    batches = file_map('batch_sizes', config.batch_sizes)
+    devices = cf.file_map('devices', config.devices)
+    batches = cf.file_map('batch_sizes', config.batch_sizes)
     members, skipped = [], []
     for path in sources:
         if not os.path.isfile(path):

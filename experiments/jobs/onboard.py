@@ -123,13 +123,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     cf.one_int('pool', config.pool)
     if config.resolutions:
         cf.resolutions(config.resolutions)
-    cf.one_int('batch', config.batch)
-    cf.dtype(config.dtype)
-    cf.width(config.width)
-    cf.one_int('num_classes', config.num_classes)
-    cf.choice('depthwise', config.depthwise, ('auto', 'conv', 'shifted'))
-    cf.cpu_affinity(config.cpu_affinity)
-    cf.protocol(config.protocol)
+    cf.network(config)
     cf.choice('lut', config.lut, (False, True))
     if config.lut and config.lut_dir:
         raise ConfigError(f'config.lut_dir: {config.lut_dir!r} with lut=True; allowed: one of '

@@ -57,24 +57,6 @@ from predictors import transfer
 ConfigError = cf.ConfigError
 
 
-def _parse_map(field: str, value: Any) -> dict[str, str]:
-    out = {}
-    for item in cf.items(value):
-        if ':' not in item:
-            raise ConfigError(f'config.{field}: entry {item!r} is not FILE:VALUE; allowed: '
-                              'comma separated FILE:VALUE pairs')
-        path, v = item.rsplit(':', 1)
-        out[path.strip()] = v.strip()
-    return out
-
-
-def _lookup_map(mapping: dict[str, str], path: str) -> str | None:
-    for key, value in mapping.items():
-        if key == path or os.path.basename(key) == os.path.basename(path):
-            return value
-    return None
-
-
 def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Validates the config; raises ConfigError naming the field and allowed values."""
     sources = list(cf.str_tuple('sources', config.sources))
@@ -99,17 +81,17 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for name in ('finetune_lr', 'full_finetune_lr'):
         cf.number(name, config[name], low=0.0, low_open=True)
     cf.number('anchor_weight', config.anchor_weight, low=0.0)
-    devices = _parse_map('devices', config.devices)
-    batches = _parse_map('batch_sizes', config.batch_sizes)
+    devices = cf.file_map('devices', config.devices)
+    batches = cf.file_map('batch_sizes', config.batch_sizes)
     paths = sources + [config.target]
     dev, bsz = {}, {}
     for f in paths:
-        name = _lookup_map(devices, f)
+        name = cf.lookup_file(devices, f)
         if name is not None and hardware.lookup(name) is None:
             raise ConfigError(f'devices: unknown device {name!r} for {f}; allowed: '
                               f'{", ".join(hardware.names())}')
         dev[f] = hardware.lookup(name) if name else None
-        b = _lookup_map(batches, f)
+        b = cf.lookup_file(batches, f)
         if b is None:
             m = re.search(r'batch(\d+)', os.path.basename(f))
             b = m.group(1) if m else '1'
