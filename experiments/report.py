@@ -22,6 +22,7 @@ import numpy as np
 
 from experiments import commands as commands_lib
 from experiments import plots
+from ofa_jax import export as export_lib
 from ofa_jax import files
 from ofa_jax import space
 
@@ -124,6 +125,29 @@ def budget_safety_lines(summary: Mapping[str, Any]) -> list[str]:
         'Searches (budget x seed) within budget, first measurement -> after the loop: ' +
         (', '.join(share) if share else '-') + '.', ''
     ]
+
+
+def found_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The deployable folder of each search's picks, and the lines that load one."""
+    rows = [(model, f) for model, search in summary.get('searches', {}).items()
+            for f in search.get('found') or []]
+    if not rows:
+        return []
+    lines = [
+        '### Deployable picks', '',
+        'Each folder holds `arch.json` (OFA\'s dict), `weights.msgpack`, `program.jaxexport` '
+        '(symbolic batch) and `export.json` (measured latency and protocol).', '',
+        '| estimator | budget (ms) | weights | folder |', '|---|---|---|---|'
+    ]
+    for model, f in rows:
+        lines.append(f'| {model} | {f["budget_ms"]:.2f} | {f["weights"]} | `{f["folder"]}` |')
+    folder = rows[0][1]['folder']
+    if os.path.exists(os.path.join(folder, 'export.json')):
+        lines += [
+            '', 'Loading one needs only JAX and Flax (`ofa_jax.export.load(folder)` does the same):',
+            '', '```python', *export_lib.load_snippet(folder).rstrip('\n').split('\n'), '```'
+        ]
+    return lines + ['']
 
 
 def _gauge_lines(camp: dict[str, Any]) -> list[str]:
@@ -372,6 +396,7 @@ def write_report(out_dir: str, summary: Mapping[str, Any], *, workdir: str, arch
         *_search_summary(search_rows),
         '',
         *budget_safety_lines(summary),
+        *found_lines(summary),
         *[
             f'- search with {k} not run: {v["error"]}' for k, v in summary['searches'].items()
             if v.get('error')

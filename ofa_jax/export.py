@@ -5,8 +5,9 @@
     DIR/arch.json            OFA arch dict ({"ks", "e", "d", "r"})
     DIR/weights.msgpack      Flax variables of the static sub-network
     DIR/program.jaxexport    jax.export serialization, batch dimension symbolic
-    DIR/export.json          what the weights are, input shape and dtype,
-                             measured latency and its protocol (when given)
+    DIR/export.json          what the weights are, input shape and dtype, the
+                             program's arguments, measured latency and its
+                             protocol (when given)
 
 The weights are sliced from supernet variables (:func:`ofa_jax.extract.extract_subnet`)
 with BatchNorm re-calibrated on ``calibration_images`` when given
@@ -15,12 +16,25 @@ sub-network); with no supernet the weights are random and ``export.json``
 says so (``"weights": "random..."``): the program then times and runs like the
 real one but its logits mean nothing.
 
-Loading needs only JAX (:func:`load_program`)::
+By default the program takes the weights as its first argument, as the
+program the latency store times does (:func:`ofa_jax.latency.measure.compile_module`
+lowers ``apply(variables, x)``): the exported program is then the measured
+one, and its latency is the stored row's. Loading needs JAX and Flax's
+msgpack reader (:func:`load`, or by hand)::
 
+    import flax.serialization
     from jax import export
     with open('DIR/program.jaxexport', 'rb') as f:
         program = export.deserialize(bytearray(f.read()))
-    logits = program.call(images)   # float32 [n, r, r, 3], any n
+    with open('DIR/weights.msgpack', 'rb') as f:
+        variables = flax.serialization.msgpack_restore(f.read())
+    logits = program.call(variables, images)   # float32 [n, r, r, 3], any n
+
+``weights_in_program=True`` bakes the weights into the program as constants
+instead (``program.call(images)``, one file to ship). XLA then folds them
+(BatchNorm into the convolutions, among others): on a 2-core x86 CPU such a
+program ran about 0.9x the stored row's latency, so the store and the search
+overrate its latency slightly; ``export.json`` records which form was written.
 
 A folder that exists and is not an export of ours is refused
 (:class:`ExportError`); one of ours is replaced file by file (atomically).
@@ -30,7 +44,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.serialization
 import jax
@@ -125,15 +139,21 @@ def random_images(resolution: int, batches: int = 2, batch: int = 8, seed: int =
 def serialize_program(model: Any,
                       variables: dict,
                       resolution: int,
-                      dtype: str = 'float32') -> bytes:
-    """``jax.export`` of ``model.apply(variables, x)`` with a symbolic batch dimension."""
+                      dtype: str = 'float32',
+                      weights_in_program: bool = False) -> bytes:
+    """``jax.export`` of ``model.apply(variables, x)`` with a symbolic batch dimension.
+
+    The program's arguments are ``(variables, images)``; with
+    ``weights_in_program`` only ``images`` (the weights become constants).
+    """
     (batch,) = jax.export.symbolic_shape('b')
     x = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.dtype(dtype))
-
-    def forward(images):
-        return model.apply(variables, images)
-
-    exported = jax.export.export(jax.jit(forward))(x)
+    if weights_in_program:
+        exported = jax.export.export(jax.jit(lambda images: model.apply(variables, images)))(x)
+    else:
+        structs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                         variables)
+        exported = jax.export.export(jax.jit(model.apply))(structs, x)
     return bytes(exported.serialize())
 
 
@@ -147,7 +167,8 @@ def export_subnet(arch: space.Arch,
                   supernet_variables: dict | None = None,
                   calibration_images: Sequence[np.ndarray] | None = None,
                   measured: dict[str, Any] | None = None,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0,
+                  weights_in_program: bool = False) -> dict[str, Any]:
     """Writes the deployable folder of one arch (see the module docstring).
 
     Args:
@@ -164,6 +185,9 @@ def export_subnet(arch: space.Arch,
       measured: what is known of the program's latency (e.g.
         ``{'latency_ms', 'protocol', 'device', 'batch'}``), kept in export.json.
       seed: seed of random weights.
+      weights_in_program: bake the weights into the program as constants
+        (``program.call(images)``) instead of taking them as its first
+        argument, the form that is measured (see the module docstring).
 
     Returns:
       The ``export.json`` content.
@@ -179,7 +203,7 @@ def export_subnet(arch: space.Arch,
                                                calibration_images=calibration_images,
                                                seed=seed)
     r = int(arch.resolution)
-    program = serialize_program(model, variables, r, dtype)
+    program = serialize_program(model, variables, r, dtype, weights_in_program)
     os.makedirs(out_dir, exist_ok=True)
     host = jax.tree_util.tree_map(np.asarray, variables)
     files.write_bytes(os.path.join(out_dir, 'weights.msgpack'),
@@ -198,6 +222,7 @@ def export_subnet(arch: space.Arch,
             'dtype': str(dtype),
             'layout': 'NHWC, ImageNet-normalised RGB'
         },
+        'program_args': ['images'] if weights_in_program else ['variables', 'images'],
         'output': {
             'shape': ['batch', int(num_classes)],
             'meaning': 'logits'
@@ -211,7 +236,11 @@ def export_subnet(arch: space.Arch,
 
 
 def load_program(out_dir: str | os.PathLike) -> Any:
-    """The ``jax.export.Exported`` program of an export folder (``.call(images)`` runs it)."""
+    """The ``jax.export.Exported`` program of an export folder.
+
+    ``.call(variables, images)`` runs it, or ``.call(images)`` for a program
+    written with ``weights_in_program``; :func:`load` binds the weights.
+    """
     path = os.path.join(os.fspath(out_dir), 'program.jaxexport')
     try:
         with open(path, 'rb') as f:
@@ -220,9 +249,58 @@ def load_program(out_dir: str | os.PathLike) -> Any:
         raise ExportError(f'{path}: no exported program') from None
 
 
+def read_meta(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The folder's ``export.json``; ExportError if it is missing or not ours."""
+    path = os.path.join(os.fspath(out_dir), META_FILE)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise ExportError(f'{path}: no export.json') from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ExportError(f'{path}: not JSON ({err})') from None
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+        raise ExportError(f'{path}: format is not {FORMAT!r}')
+    return meta
+
+
+def read_weights(out_dir: str | os.PathLike) -> dict:
+    """The Flax variables in the folder's ``weights.msgpack``."""
+    path = os.path.join(os.fspath(out_dir), 'weights.msgpack')
+    try:
+        with open(path, 'rb') as f:
+            return flax.serialization.msgpack_restore(f.read())
+    except FileNotFoundError:
+        raise ExportError(f'{path}: no weights') from None
+    except Exception as err:  # msgpack raises its own error types.
+        raise ExportError(f'{path}: unreadable weights ({type(err).__name__}: {err})') from None
+
+
+def program_args(out_dir: str | os.PathLike) -> tuple:
+    """What goes before the images in ``program.call``: the weights, or nothing."""
+    args = read_meta(out_dir).get('program_args', ['images'])
+    return (read_weights(out_dir),) if args == ['variables', 'images'] else ()
+
+
+def load(out_dir: str | os.PathLike) -> Callable[[Any], jax.Array]:
+    """``images -> logits`` of an export folder, compiled on first call per shape."""
+    program = load_program(out_dir)
+    args = program_args(out_dir)
+    return jax.jit(lambda images: program.call(*args, images))
+
+
 def load_snippet(out_dir: str) -> str:
     """A few lines that load and run the folder's program (for reports)."""
-    return ('from jax import export\n'
-            f'with open({os.path.join(out_dir, "program.jaxexport")!r}, "rb") as f:\n'
+    program = os.path.join(out_dir, 'program.jaxexport')
+    if not program_args(out_dir):
+        return ('from jax import export\n'
+                f'with open({program!r}, "rb") as f:\n'
+                '    program = export.deserialize(bytearray(f.read()))\n'
+                'logits = program.call(images)  # float32 [n, r, r, 3] -> [n, classes]\n')
+    return ('import flax.serialization\n'
+            'from jax import export\n'
+            f'with open({program!r}, "rb") as f:\n'
             '    program = export.deserialize(bytearray(f.read()))\n'
-            'logits = program.call(images)  # float32 [n, r, r, 3] -> [n, classes]\n')
+            f'with open({os.path.join(out_dir, "weights.msgpack")!r}, "rb") as f:\n'
+            '    variables = flax.serialization.msgpack_restore(f.read())\n'
+            'logits = program.call(variables, images)  # float32 [n, r, r, 3] -> [n, classes]\n')

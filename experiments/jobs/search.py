@@ -208,7 +208,8 @@ def export_found(best: list[dict[str, Any]], config: ml_collections.ConfigDict,
                                         dtype=str(config.dtype),
                                         supernet_variables=supernet,
                                         calibration_images=images,
-                                        measured=dict(measured, budget_ms=row['budget_ms']))
+                                        measured=dict(measured, budget_ms=row['budget_ms']),
+                                        weights_in_program=bool(config.export_weights_in_program))
         out.append({'budget_ms': row['budget_ms'], 'folder': folder, 'weights': meta['weights']})
         row['export'] = folder
     return out

@@ -12,11 +12,13 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow_datasets as tfds
 
+from experiments import report
 from experiments.configs import fit_predictor as fit_config
 from experiments.configs import search as search_config
 from experiments.jobs import fit_predictor as fit_job
 from experiments.jobs import search as search_job
 from ofa_jax import csvio
+from ofa_jax import export as export_lib
 from ofa_jax import space
 from predictors import checkpoint
 from predictors import conformal
@@ -127,6 +129,12 @@ class BudgetSafeSearchTest(absltest.TestCase):
             self.assertTrue(meta['weights'].startswith('random'))
             self.assertEqual(meta['arch_key'], space.arch_key(space.from_ofa_dict(best['arch'])))
         self.assertEqual([f['budget_ms'] for f in out['found']], [9.0, 11.0])
+        # The report lists the folders and the lines that load the first one.
+        md = '\n'.join(report.found_lines({'searches': {'additive': out}}))
+        for f in out['found']:
+            self.assertIn(f'`{f["folder"]}`', md)
+        self.assertIn(export_lib.load_snippet(out['found'][0]['folder']), md + '\n')
+        self.assertIn('program.call(variables, images)', md)
 
     def test_export_recalibrates_batchnorm_on_the_dataset_given(self):
         arch = space.smallest(128)

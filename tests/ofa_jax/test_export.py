@@ -14,16 +14,22 @@ from ofa_jax import space
 
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
-# Run in a fresh process: only JAX and the folder, none of the exporter's state.
+# Run in a fresh process: only JAX, Flax's msgpack reader and the folder, none
+# of the exporter's state. argv: folder, 1 if the weights are in the program.
 _RELOAD = r'''
 import sys
+import flax.serialization
 import numpy as np
 from jax import export
 with open(sys.argv[1] + "/program.jaxexport", "rb") as f:
     program = export.deserialize(bytearray(f.read()))
+args = ()
+if sys.argv[2] == "0":
+    with open(sys.argv[1] + "/weights.msgpack", "rb") as f:
+        args = (flax.serialization.msgpack_restore(f.read()),)
 for n in (1, 8):
     x = np.load(sys.argv[1] + f"/../x{n}.npy")
-    np.save(sys.argv[1] + f"/../y{n}.npy", np.asarray(program.call(x)))
+    np.save(sys.argv[1] + f"/../y{n}.npy", np.asarray(program.call(*args, x)))
 '''
 
 
@@ -58,16 +64,40 @@ class ExportTest(absltest.TestCase):
             x = rng.normal(size=(n, 128, 128, 3)).astype(np.float32)
             np.save(os.path.join(tmp, f'x{n}.npy'), x)
             want[n] = np.asarray(forward(variables, x))
+        self.assertEqual(meta['program_args'], ['variables', 'images'])
+        self._check_reload(tmp, out, '0', want)
+        # The library loader binds the weights.
+        np.testing.assert_allclose(np.asarray(export.load(out)(np.load(tmp + '/x8.npy'))),
+                                   want[8],
+                                   atol=1e-5,
+                                   rtol=1e-5)
+        # So does the report's snippet.
+        scope = {'images': np.load(tmp + '/x1.npy')}
+        exec(export.load_snippet(out), scope)  # pylint: disable=exec-used
+        np.testing.assert_allclose(np.asarray(scope['logits']), want[1], atol=1e-5, rtol=1e-5)
+        # The same folder is ours: exporting again replaces it, here with the
+        # weights baked into the program (one file, images only).
+        again = export.export_subnet(arch,
+                                     out,
+                                     num_classes=10,
+                                     calibration_images=images,
+                                     weights_in_program=True)
+        self.assertEqual((again['weights'], again['measured'], again['program_args']),
+                         ('random, BatchNorm re-calibrated on 2 batches', {}, ['images']))
+        self.assertEqual(export.load_program(out).in_avals[0].shape[1:], (128, 128, 3))
+        self.assertEqual(export.program_args(out), ())
+        self._check_reload(tmp, out, '1', want)
+
+    def _check_reload(self, tmp, out, weights_in_program, want):
         env = dict(os.environ, JAX_PLATFORMS='cpu')
-        subprocess.run([sys.executable, '-c', _RELOAD, out], check=True, env=env, cwd=tmp)
+        subprocess.run([sys.executable, '-c', _RELOAD, out, weights_in_program],
+                       check=True,
+                       env=env,
+                       cwd=tmp)
         for n in (1, 8):
             got = np.load(os.path.join(tmp, f'y{n}.npy'))
             self.assertEqual(got.shape, (n, 10))
             np.testing.assert_allclose(got, want[n], atol=1e-5, rtol=1e-5)
-        # The same folder is ours: exporting again replaces it.
-        again = export.export_subnet(arch, out, num_classes=10)
-        self.assertEqual((again['weights'], again['measured']), ('random', {}))
-        self.assertEqual(export.load_program(out).in_avals[0].shape[1:], (128, 128, 3))
 
     def test_a_folder_that_is_not_ours_is_refused_untouched(self):
         tmp = self.create_tempdir().full_path
