@@ -144,8 +144,8 @@ def found_lines(summary: Mapping[str, Any]) -> list[str]:
     folder = rows[0][1]['folder']
     if os.path.exists(os.path.join(folder, 'export.json')):
         lines += [
-            '', 'Loading one needs only JAX and Flax (`ofa_jax.export.load(folder)` does the same):',
-            '', '```python', *export_lib.load_snippet(folder).rstrip('\n').split('\n'), '```'
+            '', 'Loading one needs only JAX and Flax '
+            '(`ofa_jax.export.load(folder)` does the same):', '', '```python', *export_lib.load_snippet(folder).rstrip('\n').split('\n'), '```'
         ]
     return lines + ['']
 
