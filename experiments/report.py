@@ -129,7 +129,8 @@ def budget_safety_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def found_lines(summary: Mapping[str, Any]) -> list[str]:
     """The deployable folder of each search's picks, and the lines that load one."""
-    rows = [(model, f) for model, search in summary.get('searches', {}).items()
+    rows = [(model, f)
+            for model, search in summary.get('searches', {}).items()
             for f in search.get('found') or []]
     if not rows:
         return []
@@ -143,9 +144,10 @@ def found_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f'| {model} | {f["budget_ms"]:.2f} | {f["weights"]} | `{f["folder"]}` |')
     folder = rows[0][1]['folder']
     if os.path.exists(os.path.join(folder, 'export.json')):
+        snippet = export_lib.load_snippet(folder).rstrip('\n').split('\n')
         lines += [
-            '', 'Loading one needs only JAX and Flax '
-            '(`ofa_jax.export.load(folder)` does the same):', '', '```python', *export_lib.load_snippet(folder).rstrip('\n').split('\n'), '```'
+            '', 'Loading one needs only JAX and Flax (`ofa_jax.export.load(folder)` is the same):',
+            '', '```python', *snippet, '```'
         ]
     return lines + ['']
 
