@@ -354,10 +354,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                             latency_fn,
                             bound=False)
     rounds = []
+    candidates: list[dict[str, Any]] = []
     if config.verify:
-        for row, ms in zip(results,
-                           measure_rows([space.from_ofa_dict(r['arch']) for r in results], config)):
+        # The point estimate's picks are candidates too: often one of them
+        # measures within budget and scores higher than the bound's. Measured
+        # in the same batch, each distinct arch once.
+        if closed_loop and uncorrected is not None and config.measure_point_picks:
+            candidates = _distinct_new(uncorrected, results)
+        archs = [space.from_ofa_dict(r['arch']) for r in results + candidates]
+        for row, ms in zip(results + candidates, measure_rows(archs, config)):
             _mark_measured(row, ms, config)
+        for row in candidates:
+            row.update(round=0, source='point estimate')
         rounds.append(_round_summary(0, results, flat))
     if closed_loop:
         results, more = _close_loop(compiled, seeds, flat, results, objective.name, latency_fn, cal
@@ -381,7 +389,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'population_size': params.population_size,
         'num_generations': params.num_generations,
         'results': results,
-        'best': best_per_budget(results),
+        'point_candidates': candidates,
+        'best': best_per_budget(results + candidates),
     }
     if config.export:
         out['found'] = export_found(out['best'], config, workdir)
@@ -422,6 +431,18 @@ def _rows(res: Any, objective_name: str, latency_fn: LatencyFn, *,
             row['bound_ms'] = float(res.latency[i])
         rows.append(row)
     return rows
+
+
+def _distinct_new(rows: list[dict[str, Any]], taken: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of the feasible ``rows`` whose (budget, arch) is not in ``taken`` nor seen before."""
+    seen = {(r['budget_ms'], space.arch_key(space.from_ofa_dict(r['arch']))) for r in taken}
+    out = []
+    for r in rows:
+        key = (r['budget_ms'], space.arch_key(space.from_ofa_dict(r['arch'])))
+        if r['feasible'] and key not in seen:
+            seen.add(key)
+            out.append(dict(r))
+    return out
 
 
 def _round_summary(k: int, results: list[dict[str, Any]], budgets: np.ndarray) -> dict[str, Any]:

@@ -155,6 +155,44 @@ class BudgetSafeSearchTest(absltest.TestCase):
         with self.assertRaisesRegex(search_job.ConfigError, r"^config.calib_dataset: 'no_such"):
             search_job.calibration_source(self._config(calib_dataset='no_such_dataset'))
 
+    def test_point_estimate_picks_are_kept_only_where_they_measure_within_budget(self):
+        predictor = checkpoint.load(self.ckpt)
+        for factor in (1.0, SLOWER):
+            calls = []
+
+            def fake(archs, config, factor=factor):
+                del config
+                calls.append(len(archs))
+                return [float(factor * v) for v in np.asarray(predictor(space.stack(archs)))]
+
+            original = search_job.measure_rows
+            search_job.measure_rows = fake
+            try:
+                out = search_job.run(self._config(verify=True, max_rounds=0),
+                                     self.create_tempdir().full_path)
+            finally:
+                search_job.measure_rows = original
+            cands = out['point_candidates']
+            self.assertNotEmpty(cands)
+            # One batch: the bound's 4 picks and each distinct point-estimate pick once.
+            self.assertEqual(calls, [4 + len(cands)])
+            keys = [(r['budget_ms'], space.arch_key(space.from_ofa_dict(r['arch']))) for r in cands]
+            self.assertLen(set(keys), len(keys))
+            plain = {r['budget_ms']: r for r in out['uncorrected_best']}
+            for best in out['best']:
+                within = [
+                    r for r in out['results'] + cands
+                    if r['budget_ms'] == best['budget_ms'] and r['within_budget']
+                ]
+                self.assertEqual(best['objective'], max(r['objective'] for r in within))
+                if factor == 1.0:
+                    # Measured as predicted: the point estimate's best pick is within
+                    # budget and kept, so nothing is given up.
+                    self.assertEqual(best.get('source'), 'point estimate')
+                    self.assertEqual(best['objective'], plain[best['budget_ms']]['objective'])
+                else:
+                    self.assertNotIn('source', best)
+
     def test_closed_loop_gives_up_after_max_rounds_and_says_so(self):
         predictor = checkpoint.load(self.ckpt)
         original = search_job.measure_rows
