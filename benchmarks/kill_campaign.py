@@ -1,6 +1,6 @@
 """SIGKILL a latency campaign at random instants: nothing measured is lost, nothing doubled.
 
-    python -m benchmarks.kill_campaign [--kills=10] [--archs=10] [--seed=0]
+    python -m benchmarks.kill_campaign [--kills=10] [--archs=30] [--seed=0]
 
 One store, one campaign of ``--archs`` sub-networks (tiny: resolution 128, a
 10-class head, 3 timed runs). The campaign is started ``--kills`` times and
@@ -39,7 +39,8 @@ from ofa_jax import csvio
 from ofa_jax import files
 
 _KILLS = flags.DEFINE_integer('kills', 10, 'SIGKILLs, each at a random instant.')
-_ARCHS = flags.DEFINE_integer('archs', 10, 'Sub-networks in the campaign.')
+_ARCHS = flags.DEFINE_integer(
+    'archs', 30, 'Sub-networks in the campaign: enough that every kill lands before its end.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill delays.')
 _LOW = flags.DEFINE_float('low', 1.0, 'Shortest delay before a kill (s).')
 _HIGH = flags.DEFINE_float('high', 45.0, 'Longest delay before a kill (s).')
@@ -134,6 +135,7 @@ def main(argv):
                 'after_s': None if delay is None else round(float(delay), 2),
                 'ran_s': round(time.monotonic() - t0, 2),
                 'returncode': rc,
+                'killed': rc == -signal.SIGKILL,
                 'rows_before': len(before),
                 'reported': reported,
                 'stored': len(keys),
@@ -155,6 +157,8 @@ def main(argv):
             if delay is None and rc != 0:
                 print(err[-2000:])
     final = outcomes[-1]
+    landed = sum(bool(o['killed']) for o in outcomes)
+    print(f'{landed} of {_KILLS.value} kills landed before the campaign ended')
     print(f'final: {final["stored"]} rows, {final["stored"] - final["doubled"]} distinct of '
           f'{_ARCHS.value} planned; {"all checks passed" if not failed else "CHECKS FAILED"}')
     files.write_json(
@@ -164,6 +168,8 @@ def main(argv):
                 f'--kills={_KILLS.value} --archs={_ARCHS.value} --seed={_SEED.value}',
             'outcomes':
                 outcomes,
+            'kills_landed':
+                landed,
             'passed':
                 not failed,
         })
