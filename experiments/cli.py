@@ -11,6 +11,8 @@ is a line saying that what finished is kept, and status 130.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import sys
@@ -68,6 +70,52 @@ def print_json(obj: Any, drop: tuple[str, ...] = ()) -> None:
     print(json.dumps({k: v for k, v in obj.items() if k not in drop}, default=str))
 
 
+def _config_of(argv: list[str], default: str) -> Any:
+    """The config that ``--config`` names in ``argv`` (``PATH[:ARG]``), else ``default``'s."""
+    path, arg = default, None
+    for a in argv[1:]:
+        if a.startswith('--config='):
+            path = a[len('--config='):]
+    if ':' in os.path.basename(path):
+        path, arg = path.rsplit(':', 1)
+    try:
+        spec = importlib.util.spec_from_file_location('_launch_config', path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(arg) if arg is not None else module.get_config()
+    except Exception:  # noqa: BLE001  (ml_collections reports a bad config file itself)
+        return None
+
+
+def quote_lists(argv: list[str], default: str) -> list[str]:
+    """``--config.F=a,b`` for a tuple field ``F`` whose items do not parse as Python.
+
+    ml_collections reads a tuple override with ``ast.literal_eval``: paths such
+    as ``/data/a.csv,/data/b.csv`` or ``../x.csv,y.csv`` are a syntax error
+    there and abort the launcher. Such a value becomes the tuple of its
+    comma-separated strings; every other argument is left as it is.
+    """
+    config = _config_of(argv, default)
+    if config is None:
+        return argv
+    out = [argv[0]]
+    for a in argv[1:]:
+        name, eq, value = a.partition('=')
+        if eq and name.startswith('--config.') and ',' in value and value[:1] not in '([\'"':
+            field = config
+            for part in name[len('--config.'):].split('.'):
+                field = field.get(part) if hasattr(field, 'get') else None
+            if isinstance(field, tuple):
+                try:
+                    ast.literal_eval(value)
+                except SyntaxError:
+                    a = f'{name}={tuple(v.strip() for v in value.split(","))!r}'
+                except ValueError:
+                    pass
+        out.append(a)
+    return out
+
+
 def launch(
     name: str,
     job: Callable[[Any, str], Any],
@@ -103,4 +151,4 @@ def launch(
                 traceback=traceback.value,
                 interrupted=interrupted))
 
-    app.run(main)
+    app.run(main, argv=quote_lists(sys.argv, default))

@@ -95,20 +95,23 @@ def budget_safety_lines(summary: Mapping[str, Any]) -> list[str]:
         if not lines:
             lines = [
                 '| estimator | budget (ms) | constraint | measured (ms) | within budget | '
-                'rounds | objective | uncorrected objective | given up |', '|---|' * 9
+                'rounds | objective | uncorrected objective | uncorrected measured (ms) | '
+                'given up |', '|' + '---|' * 10
             ]
         plain = {r['budget_ms']: r for r in search.get('uncorrected_best', [])}
         for r in search['best']:
             u = plain.get(r['budget_ms'])
             given = '-' if u is None else f'{u["objective"] - r["objective"]:.4g}'
             u_obj = '-' if u is None else f'{u["objective"]:.4g}'
+            u_ms = '-' if u is None or 'measured_ms' not in u else (
+                f'{u["measured_ms"]:.2f}' + ('' if u['within_budget'] else ' (over)'))
             bound = (f'bound {search["coverage"]:g}'
                      if search.get('coverage') is not None else 'point estimate')
             lines.append(f'| {model} | {r["budget_ms"]:.2f} | {bound} | '
                          f'{r.get("measured_ms", float("nan")):.2f} | '
                          f'{"yes" if r.get("within_budget") else "NO"} | '
                          f'{"point estimate" if r.get("source") else r.get("round", 0)} | '
-                         f'{r["objective"]:.4g} | {u_obj} | {given} |')
+                         f'{r["objective"]:.4g} | {u_obj} | {u_ms} | {given} |')
     if not lines:
         return []
     share = []

@@ -364,8 +364,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         archs = [space.from_ofa_dict(r['arch']) for r in results + candidates]
         for row, ms in zip(results + candidates, measure_rows(archs, config)):
             _mark_measured(row, ms, config)
+        measured = {}
         for row in candidates:
             row.update(round=0, source='point estimate')
+            measured[(row['budget_ms'], row['seed'])] = row
+        for row in uncorrected or []:  # What the point estimate's picks measured.
+            m = measured.get((row['budget_ms'], row['seed']))
+            if m is not None and m['arch'] == row['arch']:
+                for k in ('measured_ms', 'measured_over_budget', 'within_budget'):
+                    row[k] = m[k]
         rounds.append(_round_summary(0, results, flat))
     if closed_loop:
         results, more = _close_loop(compiled, seeds, flat, results, objective.name, latency_fn, cal
@@ -390,7 +397,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'num_generations': params.num_generations,
         'results': results,
         'point_candidates': candidates,
-        'best': best_per_budget(results + candidates),
+        # A point-estimate pick counts only where it measured within budget.
+        'best': best_per_budget(results + [c for c in candidates if c['within_budget']]),
     }
     if config.export:
         out['found'] = export_found(out['best'], config, workdir)

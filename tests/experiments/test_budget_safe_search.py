@@ -185,6 +185,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
                     if r['budget_ms'] == best['budget_ms'] and r['within_budget']
                 ]
                 self.assertEqual(best['objective'], max(r['objective'] for r in within))
+                # The point estimate's best pick carries what it measured.
+                self.assertEqual(plain[best['budget_ms']]['within_budget'], factor == 1.0)
                 if factor == 1.0:
                     # Measured as predicted: the point estimate's best pick is within
                     # budget and kept, so nothing is given up.

@@ -1,15 +1,20 @@
 """Config-field parsing shared by every experiment, and depthwise resolved per device."""
 
 import os
+import subprocess
+import sys
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 
+from experiments import cli
 from experiments import config_fields as cf
 from ofa_jax import depthwise as dw
 from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import measure
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 class ParseTest(parameterized.TestCase):
@@ -100,6 +105,49 @@ class DepthwiseForTheDeviceTest(absltest.TestCase):
         self.assertEqual(cf.depthwise('conv', cpu), 'conv')
         with self.assertRaisesRegex(cf.ConfigError, 'config.depthwise'):
             cf.depthwise('fft', cpu)
+
+
+class QuoteListsTest(absltest.TestCase):
+    """Tuple overrides whose items are not Python (paths) reach the config as strings."""
+
+    def _config_file(self):
+        path = os.path.join(self.create_tempdir().full_path, 'cfg.py')
+        with open(path, 'w') as f:
+            f.write('import ml_collections\n\ndef get_config():\n'
+                    '    c = ml_collections.ConfigDict()\n'
+                    '    c.sources = ()\n    c.name = ""\n    c.resolutions = (128,)\n'
+                    '    c.fit = ml_collections.ConfigDict({"files": ()})\n    return c\n')
+        return path
+
+    def test_paths_become_tuples_and_the_rest_is_untouched(self):
+        cfg = self._config_file()
+        argv = [
+            'prog', '--config.sources=../a.csv,/data/b.sqlite', '--config.name=x/y,z',
+            '--config.resolutions=128,160', '--config.fit.files=/a,/b', '--workdir=/w,x',
+            '--config.sources=("a", "b")'
+        ]
+        out = cli.quote_lists(argv, cfg)
+        self.assertEqual(out[1], "--config.sources=('../a.csv', '/data/b.sqlite')")
+        self.assertEqual(out[2:4], argv[2:4])  # a str field, and ints that parse
+        self.assertEqual(out[4], "--config.fit.files=('/a', '/b')")
+        self.assertEqual(out[5:], argv[5:])
+        # --config=OTHER decides which fields are tuples; an unreadable one changes nothing.
+        self.assertEqual(cli.quote_lists(['p', '--config=/nope.py', argv[1]], cfg),
+                         ['p', '--config=/nope.py', argv[1]])
+
+    def test_a_launcher_reads_absolute_and_parent_paths(self):
+        proc = subprocess.run([
+            sys.executable, '-m', 'experiments.build_zoo',
+            '--config.sources=../no_such_a.csv,/no/such_b.csv',
+            '--workdir=' + self.create_tempdir().full_path
+        ],
+                              cwd=ROOT,
+                              env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT),
+                              capture_output=True,
+                              text=True,
+                              timeout=300)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assertIn("config.sources: '../no_such_a.csv' does not exist", proc.stderr)
 
 
 if __name__ == '__main__':
