@@ -13,6 +13,9 @@ from experiments.jobs import transfer
 
 
 def _show(out):
+    lines = transfer.table_lines(out)
+    if lines:  # Strategies beside the proxy-fit baseline on the same rows.
+        print('\n'.join(lines))
     for strat, by_k in out['metrics'].items():
         print(
             strat, ' '.join(

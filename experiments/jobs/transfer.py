@@ -24,9 +24,22 @@ Base predictors:
   (``blend_refs``): the calibration weighs the HELP model by how well it
   fits the target's rows, next to the per-source models.
 
-Writes ``metrics.json`` (strategy -> k -> mean and std over seeds),
-``pred_vs_measured.png`` (best strategy at the largest k) and the base
-predictors under ``checkpoint/``.
+Baseline, not a strategy (``config.proxy_fit``, on by default): the
+measured-proxy fit of :mod:`predictors.proxy_fit`, ``y = a*lat_A + b*lat_B +
+... + c`` fit on the sources' *measured* latencies of the same target rows the
+strategies read (the same shot draws; ``shots``: the k shots, at k=0 the
+reference archs; ``refs_shots``: the reference archs plus the k shots) and
+applied to the sources' measurements of the evaluation archs. It reads what
+no strategy reads (the sources' measurements of the evaluation archs), so a
+strategy that does not beat it has learnt nothing a user with those
+measurements would need. It covers the evaluation rows whose arch every
+source file measured (the mean of a source's repeats); the strategies are
+compared with it on exactly those rows (``beats_proxy_fit``).
+
+Writes ``metrics.json`` (strategy -> k -> mean and std over seeds, with
+``beats_proxy_fit``; the proxy fit under ``baselines``), ``metrics.md`` (the
+same as a table, :func:`table_lines`), ``pred_vs_measured.png`` (best
+strategy at the largest k) and the base predictors under ``checkpoint/``.
 """
 
 from __future__ import annotations
@@ -52,9 +65,20 @@ from predictors import checkpoint
 from predictors import features
 from predictors import fit
 from predictors import metrics
+from predictors import proxy_fit
 from predictors import transfer
 
 ConfigError = cf.ConfigError
+
+# Which target rows the proxy-fit baseline is fit on (the same draws as the strategies).
+PROXY_ROWS = {
+    'shots': 'the k shots (k=0: the reference archs among the adaptation rows)',
+    'refs_shots': 'the reference archs among the adaptation rows plus the k shots',
+}
+PROXY_LABELS = {
+    'shots': 'proxy fit (k shots; k=0: refs)',
+    'refs_shots': 'proxy fit (refs + k shots)',
+}
 
 
 def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -81,6 +105,9 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for name in ('finetune_lr', 'full_finetune_lr'):
         cf.number(name, config[name], low=0.0, low_open=True)
     cf.number('anchor_weight', config.anchor_weight, low=0.0)
+    use_proxy = config.get('proxy_fit', True)
+    if not isinstance(use_proxy, (bool, np.bool_)):
+        raise ConfigError(f'config.proxy_fit: {use_proxy!r}; allowed: True or False')
     devices = cf.file_map('devices', config.devices)
     batches = cf.file_map('batch_sizes', config.batch_sizes)
     paths = sources + [config.target]
@@ -111,6 +138,9 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
             raise ConfigError('reference_index: required by the help strategies, stack_refs and '
                               'blend_refs; '
                               'allowed: a JSON list of row indices (reference_arch_index.json)')
+    if config.reference_index and (use_proxy or any(
+            s.startswith('help') or s.endswith('_refs') for s in strategies)):
+        # The proxy fit reads them too (its k=0 and refs + k shots rows).
         with open(config.reference_index) as f:
             refs = np.asarray(json.load(f), np.int64)
     return dict(sources=sources,
@@ -121,7 +151,8 @@ def parse_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 batch=bsz,
                 refs=refs,
                 calibration_delta=calibration_delta,
-                stack_ridge=stack_ridge)
+                stack_ridge=stack_ridge,
+                proxy_fit=bool(use_proxy))
 
 
 def target_view(latency_ms: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -235,6 +266,111 @@ def leak_free_eval_rows(archs: space.Arch, cut: int) -> tuple[np.ndarray, dict[s
     }
 
 
+def source_latencies(target_archs: space.Arch, sources: list[csvio.LatencyTable]) -> np.ndarray:
+    """float64[P, n]: each source's measured latency of each target row's arch.
+
+    Archs are matched by canonical arch (:func:`ofa_jax.dataset.arch_groups`),
+    not by row; a source that timed an arch more than once gives the mean of its
+    repeats, and one that never timed it gives NaN.
+    """
+    n = int(np.asarray(target_archs.resolution).shape[0])
+    out = np.full((len(sources), n), np.nan)
+    for p, table in enumerate(sources):
+        ids = dataset.arch_groups(_concat([target_archs, table.archs])).ids
+        groups = int(ids.max()) + 1 if ids.size else 0
+        count = np.bincount(ids[n:], minlength=groups)
+        total = np.bincount(ids[n:],
+                            weights=np.asarray(table.latency_ms, np.float64),
+                            minlength=groups)
+        seen = count[ids[:n]] > 0
+        out[p, seen] = total[ids[:n]][seen] / count[ids[:n]][seen]
+    return out
+
+
+def proxy_rows_for(strategy: str) -> str:
+    """Which proxy fit (a key of :data:`PROXY_ROWS`) reads the target rows ``strategy`` reads."""
+    return 'refs_shots' if strategy.endswith('_refs') else 'shots'
+
+
+def proxy_baseline(view: np.ndarray, sources_ms: np.ndarray, eval_rows: np.ndarray,
+                   refs: np.ndarray | None, shots: dict[int, np.ndarray]) -> dict[str, Any]:
+    """The measured-proxy baseline on the strategies' shot draws and evaluation rows.
+
+    Args:
+      view: float[n], the target's latencies, NaN outside the adaptation rows
+        (:func:`target_view`); only rows the strategies may read are fit on.
+      sources_ms: float[P, n], the sources' measured latencies of the target's
+        archs (:func:`source_latencies`), NaN where a source lacks the arch.
+      eval_rows: the strategies' evaluation rows.
+      refs: the reference rows among the adaptation rows, or None.
+      shots: k -> int[S, k], the strategies' shot draws.
+
+    Returns:
+      dict with ``eval_mask`` (bool[len(eval_rows)], the evaluation rows whose
+      arch every source measured: the rows the proxy and, against it, the
+      strategies are scored on), ``available`` and ``reason`` (why not, or
+      None), and per key of :data:`PROXY_ROWS` and k: ``pred``
+      (float[S, eval_mask.sum()]), ``fit_rows`` (int[S], the rows fit on),
+      ``fit_rows_dropped`` (int[S], fit rows whose arch some source lacks),
+      ``method`` (per draw, :data:`predictors.proxy_fit.METHODS`) and
+      ``not_available`` (the reason, for the cells that could not be fit).
+    """
+    covered = np.all(np.isfinite(sources_ms), axis=0)
+    mask = covered[eval_rows]
+    ev = eval_rows[mask]
+    out: dict[str, Any] = dict(eval_mask=mask,
+                               available=True,
+                               reason=None,
+                               pred={},
+                               fit_rows={},
+                               fit_rows_dropped={},
+                               method={},
+                               not_available={})
+    if not ev.size:
+        return dict(out,
+                    available=False,
+                    reason=f'none of the {len(eval_rows)} evaluation archs was measured by '
+                    f'every source file')
+    for name in PROXY_ROWS:
+        for k, draws in shots.items():
+            with_refs = name == 'refs_shots' or k == 0
+            if with_refs and refs is None:
+                out['not_available'].setdefault(
+                    name, {})[k] = ('no reference archs (config.reference_index is empty)')
+                continue
+            cell: dict[str, list] = {
+                'pred': [],
+                'fit_rows': [],
+                'fit_rows_dropped': [],
+                'method': []
+            }
+            for d in draws:
+                rows = np.union1d(refs, d) if with_refs else np.asarray(d)
+                keep = rows[covered[rows]]
+                if not keep.size:
+                    reason = (f'none of the {rows.size} fit rows (k={k}) was measured by every '
+                              'source file' if rows.size else
+                              f'no target row to fit on (k={k}, no reference arch among the '
+                              'adaptation rows)')
+                    out['not_available'].setdefault(name, {})[k] = reason
+                    break
+                assert np.all(np.isfinite(view[keep])), 'a proxy fit row outside the allowed rows'
+                fit = proxy_fit.proxy_fit(sources_ms[:, keep], view[keep])
+                cell['pred'].append(proxy_fit.proxy_apply(fit, sources_ms[:, ev]))
+                cell['fit_rows'].append(int(keep.size))
+                cell['fit_rows_dropped'].append(int(rows.size - keep.size))
+                cell['method'].append(fit.method)
+            else:
+                for key, v in cell.items():
+                    out[key].setdefault(name, {})[k] = (np.stack(v) if key == 'pred' else
+                                                        np.asarray(v) if key != 'method' else v)
+    if not any(out['pred'].values()):
+        out.update(available=False,
+                   reason='; '.join(
+                       sorted({r for c in out['not_available'].values() for r in c.values()})))
+    return out
+
+
 def transfer_predictions(config: ml_collections.ConfigDict,
                          workdir: str | None = None) -> dict[str, Any]:
     """Trains, adapts and predicts; returns predictions on the evaluation rows.
@@ -244,7 +380,9 @@ def transfer_predictions(config: ml_collections.ConfigDict,
       (for the stack and blend strategies: ``bases``, the base names, and
       ``by_k``, k -> float[S, bases + 1], each draw's weights then offset),
       ``eval_rows``,
-      ``allowed_rows``, ``shots`` (k -> int[S, k] row indices) and ``timing``.
+      ``allowed_rows``, ``shots`` (k -> int[S, k] row indices), ``timing`` and
+      ``baselines`` (``proxy_fit``: what :func:`proxy_baseline` returns, on the
+      same draws and evaluation rows; empty with ``config.proxy_fit=False``).
     """
     parsed = parse_config(config)
     width = float(config.width)
@@ -386,7 +524,12 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                 anchor_weight=float(config.anchor_weight) if full else 0.0)
             pred[strat][k] = transfer.predict_many(adapted, eval_archs)
     timing['adapt_s'] = time.perf_counter() - t0
+    baselines = {}
+    if parsed['proxy_fit']:
+        sources_ms = source_latencies(target.archs, [tables[f] for f in parsed['sources']])
+        baselines['proxy_fit'] = proxy_baseline(view, sources_ms, eval_rows, refs, shots_used)
     return dict(pred=pred,
+                baselines=baselines,
                 calibration={
                     strat: {
                         'bases': base_names[strat.split('_', 1)[0]],
@@ -409,11 +552,90 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return summarize(transfer_predictions(config, workdir), config, workdir)
 
 
+def _mean_std(per: list[dict[str, float]]) -> dict[str, float]:
+    entry = {}
+    for name in metrics.METRIC_NAMES:
+        vals = np.array([m[name] for m in per])
+        entry[name] = float(vals.mean())
+        entry[name + '_std'] = float(vals.std())
+    return entry
+
+
+def _proxy_summary(proxy: dict[str, Any] | None, truth: np.ndarray) -> dict[str, Any]:
+    """The ``baselines['proxy_fit']`` entry of ``metrics.json``."""
+    out: dict[str, Any] = {
+        'baseline': True,  # not a strategy: it reads the sources' measurements of the eval archs
+        'description': ("measured-proxy baseline (predictors.proxy_fit): the target's latency "
+                        "fit as a*lat_A + b*lat_B + ... + c on the source files' measured "
+                        'latencies of the same target rows and draws as the strategies, applied '
+                        "to the sources' measurements of the evaluation archs"),
+        'rows': dict(PROXY_ROWS),
+    }
+    if proxy is None:
+        return dict(out,
+                    available=False,
+                    reason='turned off (config.proxy_fit=False)',
+                    eval_rows=0,
+                    eval_rows_total=int(len(truth)))
+    mask = proxy['eval_mask']
+    out.update(available=bool(proxy['available']),
+               reason=proxy['reason'],
+               eval_rows=int(mask.sum()),
+               eval_rows_total=int(mask.size),
+               metrics={},
+               not_available={
+                   name: {
+                       str(k): r for k, r in by_k.items()
+                   } for name, by_k in proxy['not_available'].items()
+               })
+    for name, by_k in proxy['pred'].items():
+        out['metrics'][name] = {}
+        for k, p in by_k.items():
+            entry = _mean_std([metrics.all_metrics(row, truth[mask]) for row in p])
+            entry['fit_rows'] = float(np.mean(proxy['fit_rows'][name][k]))
+            entry['fit_rows_dropped'] = float(np.mean(proxy['fit_rows_dropped'][name][k]))
+            entry['method'] = sorted(set(proxy['method'][name][k]))
+            out['metrics'][name][str(k)] = entry
+    return out
+
+
+def _versus_proxy(strat: str, k: int, p: np.ndarray, proxy: dict[str, Any] | None,
+                  truth: np.ndarray) -> dict[str, Any]:
+    """``strat`` at ``k`` against the proxy fit on the same rows and draws."""
+    name = proxy_rows_for(strat)
+    if proxy is None:
+        return {'rows': name, 'available': False, 'reason': 'turned off (config.proxy_fit=False)'}
+    pp = proxy['pred'].get(name, {}).get(k)
+    if pp is None:
+        reason = proxy['not_available'].get(name, {}).get(k) or proxy['reason']
+        return {'rows': name, 'available': False, 'reason': reason}
+    mask = proxy['eval_mask']
+    mine = np.array([metrics.mape(row[mask], truth[mask]) for row in p])
+    theirs = np.array([metrics.mape(row, truth[mask]) for row in pp])
+    return {
+        'rows': name,
+        'available': True,
+        'eval_rows': int(mask.sum()),
+        'mape': float(mine.mean()),  # the strategy's, on the proxy's evaluation rows
+        'proxy_mape': float(theirs.mean()),
+        'draws_won': int((mine < theirs).sum()),
+        'draws': int(mine.size),
+    }
+
+
 def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
               workdir: str) -> dict[str, Any]:
-    """Metrics (mean and std over seeds) of :func:`transfer_predictions`; writes files."""
+    """Metrics (mean and std over seeds) of :func:`transfer_predictions`; writes files.
+
+    Each strategy's entry per k also holds ``beats_proxy_fit`` (True where its
+    MAPE, mean over draws, is below the proxy fit's on the same evaluation rows
+    and draws; None where the proxy fit is not available) and ``proxy_fit``
+    (the comparison, or why it is not available); ``baselines['proxy_fit']``
+    holds the baseline's own metrics.
+    """
     os.makedirs(workdir, exist_ok=True)
     truth = res['truth']
+    proxy = res.get('baselines', {}).get('proxy_fit')
     out: dict[str, Any] = {
         'sources': list(cf.str_tuple('sources', config.sources)),
         'target': str(config.target),
@@ -422,6 +644,10 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
         'seeds': int(config.seeds),
         'timing': res['timing'],
         'metrics': {},
+        # Not strategies: references a strategy must beat on the same rows.
+        'baselines': {
+            'proxy_fit': _proxy_summary(proxy, truth)
+        },
         # Which sources the target resembles: mean calibration weights over draws.
         'calibration': {
             strat: {
@@ -434,19 +660,61 @@ def summarize(res: dict[str, Any], config: ml_collections.ConfigDict,
     for strat, by_k in res['pred'].items():
         out['metrics'][strat] = {}
         for k, p in by_k.items():
-            per = [metrics.all_metrics(row, truth) for row in p]
-            entry = {}
-            for name in metrics.METRIC_NAMES:
-                vals = np.array([m[name] for m in per])
-                entry[name] = float(vals.mean())
-                entry[name + '_std'] = float(vals.std())
+            entry: dict[str, Any] = _mean_std([metrics.all_metrics(row, truth) for row in p])
+            versus = _versus_proxy(strat, k, p, proxy, truth)
+            entry['beats_proxy_fit'] = (bool(
+                versus['mape'] < versus['proxy_mape']) if versus['available'] else None)
+            entry['proxy_fit'] = versus
             out['metrics'][strat][str(k)] = entry
             if k == max(by_k) and (best is None or entry['mape'] < best[2]):
                 best = (strat, k, entry['mape'], p[0])
     files.write_json(os.path.join(workdir, 'metrics.json'), out)
+    files.write_text(os.path.join(workdir, 'metrics.md'), '\n'.join(table_lines(out)) + '\n')
     if best is not None:
         plots.pred_vs_measured(
             os.path.join(workdir, 'pred_vs_measured.png'), best[3], truth,
             f'{best[0]}, k={best[1]} on {os.path.basename(str(config.target))}: '
             f'MAPE {best[2]:.2f}%')
     return out
+
+
+def table_lines(out: dict[str, Any]) -> list[str]:
+    """Markdown lines of :func:`summarize`'s result: strategies, then the proxy-fit baseline."""
+    shots = list(dict.fromkeys(k for by_k in out['metrics'].values() for k in by_k))
+    proxy = out['baselines']['proxy_fit']
+    lines = [
+        '| row | ' + ' | '.join(f'k={k}: MAPE % / acc10 | proxy fit, same rows | beats it '
+                                '(draws won)'
+                                for k in shots) + ' |', '|' + '---|' * (1 + 3 * len(shots))
+    ]
+    for strat, by_k in out['metrics'].items():
+        cells = []
+        for k in shots:
+            m = by_k.get(k)
+            if m is None:
+                cells.append('- | - | -')
+                continue
+            v = m['proxy_fit']
+            if not v['available']:
+                cells.append(f'{m["mape"]:.2f} / {m["acc10"]:.3f} | n/a | n/a')
+                continue
+            on = '' if v['eval_rows'] == out['eval_rows'] else f' ({v["mape"]:.2f} on its rows)'
+            cells.append(f'{m["mape"]:.2f} / {m["acc10"]:.3f}{on} | {v["proxy_mape"]:.2f} | '
+                         f'{"**yes**" if m["beats_proxy_fit"] else "no"} '
+                         f'({v["draws_won"]}/{v["draws"]})')
+        lines.append(f'| {strat} | ' + ' | '.join(cells) + ' |')
+    for name, label in PROXY_LABELS.items():
+        by_k = proxy.get('metrics', {}).get(name, {})
+        cells = [
+            f'{by_k[k]["mape"]:.2f} / {by_k[k]["acc10"]:.3f} | - | -'
+            if k in by_k else 'n/a | - | -' for k in shots
+        ]
+        lines.append(f'| *baseline: {label}, {proxy["eval_rows"]} of '
+                     f'{proxy["eval_rows_total"]} eval rows* | ' + ' | '.join(cells) + ' |')
+    notes = []
+    if not proxy['available']:
+        notes.append(f'Proxy fit not available: {proxy["reason"]}.')
+    for name, by_k in proxy.get('not_available', {}).items():
+        for k, reason in by_k.items():
+            notes.append(f'{PROXY_LABELS[name]} at k={k}: not available ({reason}).')
+    return lines + ([''] + notes if notes else [])

@@ -195,6 +195,136 @@ class TransferTest(absltest.TestCase):
         self.assertEqual(a['calibration']['blend_refs']['by_k'][5].shape, (2, 4))
         # The poisoned file really differs where it is evaluated.
         self.assertGreater(b['truth'].min(), 100 * a['truth'].max())
+        # The proxy-fit baseline reads the sources' measurements of the
+        # evaluation archs but never the target's.
+        for name, by_k in a['baselines']['proxy_fit']['pred'].items():
+            for k, p in by_k.items():
+                np.testing.assert_array_equal(p, b['baselines']['proxy_fit']['pred'][name][k])
+
+    def test_proxy_fit_baseline_on_the_same_rows(self):
+        folder = self.create_tempdir().full_path
+        paths, refs = _write_devices(folder)
+        rng = np.random.default_rng(7)
+        # A noisy target, so the proxy is not exact; the second source times
+        # other archs in place of ten evaluation archs and of every fourth
+        # adaptation arch, its rows shuffled (the proxy matches archs, not rows).
+        target = csvio.read_ofa_csv(paths[2])
+        csvio.write_ofa_csv(paths[2], target.archs,
+                            target.latency_ms * np.exp(rng.normal(0.0, 0.03, len(target))))
+        second = csvio.read_ofa_csv(paths[1])
+        lacks = np.union1d(np.arange(100, 110), np.arange(0, 96, 4))
+        others = space.sample_np(np.random.default_rng(11), len(second), resolutions=(176,))
+        fields = {}
+        for f in ('kernel', 'expand', 'depth', 'resolution'):
+            v = np.array(getattr(second.archs, f))
+            v[lacks] = np.asarray(getattr(others, f))[lacks]
+            fields[f] = v
+        order = rng.permutation(len(second))
+        csvio.write_ofa_csv(paths[1], space.Arch(**fields)[order], second.latency_ms[order])
+        cfg = _config(paths, refs, 'paper_affine,stack_refs')
+        res = experiment_transfer.transfer_predictions(cfg)
+        summary = experiment_transfer.summarize(res, cfg, os.path.join(folder, 'work'))
+        proxy = summary['baselines']['proxy_fit']
+        self.assertTrue(proxy['baseline'])
+        self.assertTrue(proxy['available'])
+        self.assertNotIn('proxy_fit', summary['metrics'])  # a baseline, not a strategy
+
+        # Independently: each source's latency of each target row, by arch.
+        def key(archs, i):
+            return tuple(
+                np.concatenate([
+                    np.ravel(getattr(archs, f)[i])
+                    for f in ('kernel', 'expand', 'depth', 'resolution')
+                ]))
+
+        truth = csvio.read_ofa_csv(paths[2])
+        src = np.full((2, len(truth)), np.nan)
+        for p, path in enumerate(paths[:2]):
+            t = csvio.read_ofa_csv(path)
+            by_arch = {key(t.archs, i): t.latency_ms[i] for i in range(len(t))}
+            src[p] = [by_arch.get(key(truth.archs, i), np.nan) for i in range(len(truth))]
+        ev = res['eval_rows']
+        covered = ev[np.isfinite(src[:, ev]).all(0)]
+        self.assertLen(covered, len(ev) - 10)
+        self.assertEqual(proxy['eval_rows'], len(covered))
+        self.assertEqual(proxy['eval_rows_total'], len(ev))
+        ref_rows = np.asarray([3, 50, 110])
+        ref_rows = ref_rows[ref_rows < len(res['allowed_rows'])]
+        dropped = 0  # shots whose arch a source lacks: the proxy fits on the rest
+        for name in ('shots', 'refs_shots'):
+            for k, draws in res['shots'].items():
+                mapes, fit_rows = [], []
+                for s, d in enumerate(draws):
+                    rows = d if name == 'shots' and k else np.union1d(ref_rows, d)
+                    dropped += len(rows)
+                    rows = rows[np.isfinite(src[:, rows]).all(0)]
+                    dropped -= len(rows)
+                    fit_rows.append(len(rows))
+                    y = truth.latency_ms[rows]
+                    if len(rows) > 2:  # a*lat_A + b*lat_B + c
+                        x = np.stack([src[0, rows], src[1, rows], np.ones(len(rows))], 1)
+                        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+                        pred = coef[:2] @ src[:, covered] + coef[2]
+                    else:  # too few rows: a scale on the sources' mean
+                        m = src[:, rows].mean(0)
+                        pred = np.linalg.lstsq(m[:, None], y,
+                                               rcond=None)[0][0] * src[:, covered].mean(0)
+                    np.testing.assert_allclose(res['baselines']['proxy_fit']['pred'][name][k][s],
+                                               pred,
+                                               rtol=1e-6)
+                    mapes.append(100 * np.mean(np.abs(pred / truth.latency_ms[covered] - 1)))
+                self.assertAlmostEqual(proxy['metrics'][name][str(k)]['mape'],
+                                       np.mean(mapes),
+                                       delta=1e-6)
+                self.assertEqual(proxy['metrics'][name][str(k)]['fit_rows'], np.mean(fit_rows))
+        self.assertGreater(dropped, 0)
+        # Every strategy against the proxy that read the same target rows.
+        mask = np.isin(ev, covered)
+        for strat, by_k in summary['metrics'].items():
+            name = 'refs_shots' if strat.endswith('_refs') else 'shots'
+            for k, m in by_k.items():
+                v = m['proxy_fit']
+                self.assertEqual((v['rows'], v['eval_rows']), (name, len(covered)))
+                mine = [
+                    100 * np.mean(np.abs(row[mask] / truth.latency_ms[covered] - 1))
+                    for row in res['pred'][strat][int(k)]
+                ]
+                self.assertAlmostEqual(v['mape'], np.mean(mine), delta=1e-6)
+                self.assertAlmostEqual(v['proxy_mape'],
+                                       proxy['metrics'][name][k]['mape'],
+                                       delta=1e-9)
+                self.assertEqual(m['beats_proxy_fit'], v['mape'] < v['proxy_mape'])
+        with open(os.path.join(folder, 'work', 'metrics.json')) as f:
+            self.assertEqual(json.load(f)['baselines']['proxy_fit']['eval_rows'], len(covered))
+        with open(os.path.join(folder, 'work', 'metrics.md')) as f:
+            self.assertIn(
+                f'*baseline: proxy fit (k shots; k=0: refs), {len(covered)} of {len(ev)} '
+                'eval rows*', f.read())
+
+        # Sources that lack every evaluation arch, no reference archs, or the
+        # option off: reported as not available, with the reason, not raised.
+        view = experiment_transfer.target_view(truth.latency_ms, res['allowed_rows'])
+        lacking = src.copy()
+        lacking[1, ev] = np.nan
+        gone = experiment_transfer.proxy_baseline(view, lacking, ev, ref_rows, res['shots'])
+        lacking_reason = 'none of the 24 evaluation archs was measured by every source file'
+        off_reason = r'turned off \(config.proxy_fit=False\)'
+        cases = [(dict(proxy_fit=gone), lacking_reason), ({}, off_reason)]
+        for baselines, reason in cases:
+            out = experiment_transfer.summarize(dict(res, baselines=baselines), cfg,
+                                                os.path.join(folder, 'none'))
+            self.assertFalse(out['baselines']['proxy_fit']['available'])
+            self.assertRegex(out['baselines']['proxy_fit']['reason'], reason)
+            self.assertIsNone(out['metrics']['stack_refs']['5']['beats_proxy_fit'])
+            self.assertRegex(out['metrics']['stack_refs']['5']['proxy_fit']['reason'], reason)
+        no_refs = experiment_transfer.proxy_baseline(view, src, ev, None, res['shots'])
+        self.assertEqual(set(no_refs['pred']), {'shots'})
+        self.assertEqual(set(no_refs['pred']['shots']), {5})
+        self.assertIn('config.reference_index', no_refs['not_available']['shots'][0])
+        del cfg['proxy_fit']  # the ConfigDict itself refuses a str for a bool field
+        cfg.proxy_fit = 'yes'
+        with self.assertRaisesRegex(experiment_transfer.ConfigError, r'^config\.proxy_fit: '):
+            experiment_transfer.parse_config(cfg)
 
     def test_bad_config_exits_2(self):
         proc = subprocess.run([
