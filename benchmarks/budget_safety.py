@@ -26,6 +26,11 @@ from typing import Any
 
 from absl import app
 from absl import flags
+import numpy as np
+
+from experiments.jobs import search as search_job
+from ofa_jax import csvio
+from ofa_jax import space
 
 flags.DEFINE_string('workdir', None, 'A main job workdir (summary.json).')
 flags.DEFINE_string('out', 'benchmarks/results/budget_safety_cpu', 'Output path without suffix.')
@@ -43,12 +48,41 @@ def _best(rows: list[dict[str, Any]], within_only: bool) -> dict[float, dict[str
     return best
 
 
-def estimator_summary(search: dict[str, Any]) -> dict[str, Any]:
+def measured_reference(workdir: str, summary: dict[str, Any]) -> list[tuple[float, float]]:
+    """(measured ms, objective) of every sub-network this job measured on the device.
+
+    The campaign's rows (``fit_rows.csv``) and every pick any search measured:
+    a model-free reference, the best objective that a measurement showed to
+    fit a budget, whatever estimator found it.
+    """
+    rows: dict[str, tuple[float, float]] = {}
+    for search in summary['searches'].values():
+        for r in (search.get('results') or []) + (search.get('point_candidates') or []):
+            if 'measured_ms' in r:
+                key = space.arch_key(space.from_ofa_dict(r['arch']))
+                rows[key] = (r['measured_ms'], r['objective'])
+    path = os.path.join(workdir, 'fit_rows.csv')
+    if os.path.exists(path):
+        table = csvio.read_ofa_csv(path)
+        objective = search_job.load_objective(summary['config']['accuracy'],
+                                              float(summary['config']['width']))
+        score = np.asarray(objective(table.archs), np.float64)
+        for arch, ms, obj in zip(space.unstack(table.archs), table.latency_ms, score):
+            rows.setdefault(space.arch_key(arch), (float(ms), float(obj)))
+    return list(rows.values())
+
+
+Reference = list[tuple[float, float]]
+
+
+def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict[str, Any]:
     """Shares within budget (first measurement, after the loop) and the price per budget."""
     rounds = search.get('rounds') or []
     results = search.get('results') or []
-    kept = _best(results, within_only=True)
+    points = search.get('point_candidates') or []
+    kept = _best(results + points, within_only=True)
     plain = _best(search.get('uncorrected') or [], within_only=False)
+    measured_plain = {(r['budget_ms'], r['seed']): r for r in points}
     scale = 100.0 if not str(search.get('objective_name', '')).startswith('proxy:') else 1.0
     budgets = []
     for b in sorted({r['budget_ms'] for r in results}):
@@ -60,9 +94,20 @@ def estimator_summary(search: dict[str, Any]) -> dict[str, Any]:
             'kept_objective': kept[b]['objective'] if b in kept else None,
             'kept_measured_ms': kept[b].get('measured_ms') if b in kept else None,
             'uncorrected_objective': plain[b]['objective'] if b in plain else None,
+            'kept_from': (kept[b].get('source', 'bound') if b in kept else None),
         }
+        if b in plain:
+            u = plain[b]
+            m = u if 'measured_ms' in u else measured_plain.get((b, u['seed']))
+            if m is not None and m['arch'] == u['arch']:
+                row['uncorrected_measured_ms'] = m['measured_ms']
         if b in kept and b in plain:
             row['price'] = scale * (plain[b]['objective'] - kept[b]['objective'])
+        fit = [obj for ms, obj in reference if ms <= b]
+        if fit:
+            row['reference_objective'] = max(fit)
+            if b in kept:
+                row['vs_reference'] = scale * (row['reference_objective'] - kept[b]['objective'])
         budgets.append(row)
     return {
         'constraint': search.get('constraint'),
@@ -78,9 +123,10 @@ def estimator_summary(search: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def table(summary: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+def table(summary: dict[str, Any], workdir: str = '') -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and the JSON content for a main job summary."""
-    out = {m: estimator_summary(s) for m, s in summary['searches'].items()}
+    reference = measured_reference(workdir, summary) if workdir else []
+    out = {m: estimator_summary(s, reference) for m, s in summary['searches'].items()}
     lines = [
         f'Main job {summary.get("date", "")}, {summary["rows"]["total"]} measured rows, budgets '
         f'{[round(b, 2) for b in summary["budgets_ms"]]} ms, '
@@ -98,18 +144,34 @@ def table(summary: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                      f'{100 * s["first_share"]:.0f}% | {100 * s["final_share"]:.0f}% | '
                      f'{s["rounds"]} | {price} |')
     lines += [
-        '', '| estimator | budget (ms) | within / searches | kept pick measured (ms) | '
-        'kept objective | uncorrected objective | price |', '|---|---|---|---|---|---|---|'
+        '', '| estimator | budget (ms) | within / searches | kept pick (from) | kept pick '
+        'measured (ms) | kept objective | uncorrected objective | uncorrected pick measured '
+        '(ms) | price | best measured within budget (model-free) | kept vs it |', '|' + '---|' * 11
     ]
     for m, s in out.items():
         for b in s['budgets']:
             fmt = lambda v, p=4: '-' if v is None else f'{v:.{p}f}'  # noqa: E731
+            u_ms = b.get('uncorrected_measured_ms')
+            u_txt = '-' if u_ms is None else (f'{u_ms:.2f}' +
+                                              (' (over)' if u_ms > b['budget_ms'] else ''))
             lines.append(f'| {m} | {b["budget_ms"]:.2f} | {b["within"]}/{b["searches"]} | '
+                         f'{b["kept_from"] or "-"} | '
                          f'{fmt(b["kept_measured_ms"], 2)} | {fmt(b["kept_objective"])} | '
-                         f'{fmt(b["uncorrected_objective"])} | {fmt(b.get("price"), 2)} |')
+                         f'{fmt(b["uncorrected_objective"])} | {u_txt} | '
+                         f'{fmt(b.get("price"), 2)} | {fmt(b.get("reference_objective"))} | '
+                         f'{fmt(b.get("vs_reference"), 2)} |')
         if s['dropped_budgets']:
             lines.append(f'| {m} | {s["dropped_budgets"]} dropped: below its smallest '
-                         'sub-network | | | | | |')
+                         'sub-network |' + ' |' * 9)
+    lines += [
+        '', 'price: uncorrected objective minus kept objective, where the uncorrected pick '
+        '(point estimate as constraint) was not required to measure within budget; "(over)" '
+        'marks one that measured over it: its objective is not to be had at that budget on '
+        'this device. The model-free reference is the best objective among every sub-network this '
+        'job measured on the device (campaign rows and all picks) within the budget; '
+        '"kept vs it" > 0 means a measured sub-network that fits scores higher than the kept '
+        'pick.'
+    ]
     return lines, out
 
 
@@ -117,7 +179,7 @@ def main(argv):
     del argv
     with open(os.path.join(FLAGS.workdir, 'summary.json')) as f:
         summary = json.load(f)
-    lines, out = table(summary)
+    lines, out = table(summary, FLAGS.workdir)
     lines += ['', f'Command: `python -m benchmarks.budget_safety --workdir={FLAGS.workdir}`']
     print('\n'.join(lines))
     with open(FLAGS.out + '.md', 'w') as f:

@@ -285,8 +285,11 @@ def program_args(out_dir: str | os.PathLike) -> tuple:
 def load(out_dir: str | os.PathLike) -> Callable[[Any], jax.Array]:
     """``images -> logits`` of an export folder, compiled on first call per shape."""
     program = load_program(out_dir)
-    args = program_args(out_dir)
-    return jax.jit(lambda images: program.call(*args, images))
+    # Device-resident arguments, not constants closed over (XLA would fold
+    # them into another program than the one measured).
+    args = jax.device_put(tuple(program_args(out_dir)))
+    call = jax.jit(program.call)
+    return lambda images: call(*args, images)
 
 
 def load_snippet(out_dir: str) -> str:
