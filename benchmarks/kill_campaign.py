@@ -1,6 +1,6 @@
 """SIGKILL a latency campaign at random instants: nothing measured is lost, nothing doubled.
 
-    python -m benchmarks.kill_campaign [--kills=10] [--archs=30] [--seed=0]
+    python -m benchmarks.kill_campaign [--kills=10] [--archs=80] [--seed=0]
 
 One store, one campaign of ``--archs`` sub-networks (tiny: resolution 128, a
 10-class head, 3 timed runs). The campaign is started ``--kills`` times and
@@ -40,7 +40,7 @@ from ofa_jax import files
 
 _KILLS = flags.DEFINE_integer('kills', 10, 'SIGKILLs, each at a random instant.')
 _ARCHS = flags.DEFINE_integer(
-    'archs', 30, 'Sub-networks in the campaign: enough that every kill lands before its end.')
+    'archs', 80, 'Sub-networks in the campaign: enough that every kill lands before its end.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill delays.')
 _LOW = flags.DEFINE_float('low', 1.0, 'Shortest delay before a kill (s).')
 _HIGH = flags.DEFINE_float('high', 45.0, 'Longest delay before a kill (s).')

@@ -252,8 +252,16 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     zoo, members = load_zoo(config)
     resolutions = (cf.resolutions(config.resolutions)
                    if config.resolutions else tuple(zoo.reference_resolutions))
-    refs = zoo.reference[:int(config.references)]
-    seen = {space.arch_key(a) for a in space.unstack(zoo.reference)}
+    refs = zoo.reference
+    if not set(np.asarray(refs.resolution).ravel().tolist()) <= set(resolutions):
+        # The same design (size levels, seed) at the resolutions asked for: nothing
+        # is measured at a resolution the device was not asked to run, and a LUT
+        # built for those resolutions covers every row.
+        refs = zoo_lib.reference_archs(resolutions)
+        _log(f'reference archs drawn at resolutions {list(resolutions)} (the zoo\'s are at '
+             f'{sorted(set(np.asarray(zoo.reference.resolution).ravel().tolist()))})')
+    seen = {space.arch_key(a) for a in space.unstack(refs)}
+    refs = refs[:int(config.references)]
     evaluation = None
     if int(config.eval_archs):
         # Drawn first, and kept out of the pool: the held-out set depends on the
