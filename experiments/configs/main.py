@@ -18,6 +18,14 @@ at the top and tied into the sections (ml_collections ``FieldReference``):
 The job fills in only what is known at run time (store path, device id,
 the fitted checkpoints, the budgets), and the report's ``commands.txt`` is
 generated from the filled sections, so each command there reruns its stage.
+
+With a predictor zoo (``experiments.build_zoo``) the job also onboards this
+device from it (``--config.zoo=DIR``; the ``onboard`` section is
+``experiments/configs/onboard.py``'s) on the same device, protocol and store,
+and scores the onboarded checkpoint as one more estimator on the same
+held-out rows::
+
+    python -m experiments.main --workdir=runs/main --config.zoo=zoo --config.shots=20
 """
 
 import ml_collections
@@ -25,6 +33,7 @@ import ml_collections
 from experiments.configs import build_lut
 from experiments.configs import fit_predictor
 from experiments.configs import measure_latency
+from experiments.configs import onboard
 from experiments.configs import search
 
 PREDICTOR_MODELS = ('mlp', 'additive', 'additive_mlp')
@@ -118,4 +127,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.seeds = c.search.get_ref('seeds')
     c.population_size = c.search.get_ref('population_size')
     c.num_generations = c.search.get_ref('num_generations')
+
+    # 6. Optional: onboard this device from a predictor zoo (experiments.jobs.onboard)
+    #    instead of only fitting from scratch: the zoo's reference archs plus `shots`
+    #    chosen sub-networks, measured with the campaign's protocol into its store;
+    #    the checkpoint is scored on the same held-out rows and searched like the others.
+    c.zoo = ''  # '' = off; else a folder written by experiments.build_zoo.
+    c.onboard = onboard.get_config()
+    _tie(c.onboard, c, ('zoo', 'width', 'resolutions', 'batch', 'dtype', 'device', 'store', 'seed',
+                        'depthwise', 'num_classes', 'progress'))
+    for name in c.protocol:
+        c.onboard.protocol[name] = c.protocol.get_ref(name)
+    c.onboard.cpu_affinity = ''
+    c.onboard.microbenchmarks = c.measure.get_ref('microbenchmarks')
+    c.shots = c.onboard.get_ref('shots')
     return c

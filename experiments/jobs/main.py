@@ -14,6 +14,10 @@ with its own section of the config (``experiments/configs/main.py``):
    count the measurements and minutes each estimator cost;
 5. search at three latency budgets with each estimator and measure what
    was found (:mod:`experiments.jobs.search`, its one verification path);
+   with ``zoo`` set, onboarding from that predictor zoo
+   (:mod:`experiments.jobs.onboard`) runs after step 2 on the same device,
+   protocol and store, and its checkpoint is one more estimator (``onboard``)
+   scored on the same held-out rows and searched like the fits;
 6. write ``WORKDIR/report/`` (:mod:`experiments.report`), whose
    ``commands.txt`` is generated from the stage configs run here.
 
@@ -25,6 +29,7 @@ store and the LUT cache skip what is measured; fits and searches are redone
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import sys
@@ -39,6 +44,7 @@ from experiments.configs import main as main_config
 from experiments.jobs import build_lut as lut_job
 from experiments.jobs import fit_predictor as fit_job
 from experiments.jobs import measure_latency as measure_job
+from experiments.jobs import onboard as onboard_job
 from experiments.jobs import search as search_job
 from ofa_jax import csvio
 from ofa_jax import files
@@ -58,6 +64,7 @@ ESTIMATOR_LABELS = {
     'additive': 'additive (ours)',
     'additive_mlp': 'additive + residual MLP (ours)',
     'xla_cost': "XLA's cost analysis, fitted",
+    'onboard': 'onboarded from a zoo',
 }
 
 ConfigError = cf.ConfigError
@@ -122,6 +129,21 @@ def fit_config(config: ml_collections.ConfigDict, model: str, data: str,
     return c
 
 
+def onboard_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """The onboarding's config: the ``onboard`` section with the campaign's store filled in.
+
+    Unless the section names a table of its own, the onboarding uses the LUT
+    this job builds (``WORKDIR/lut_build/lut``) as its structural prior: on
+    this CPU, LUT + 10 shots blended with the zoo held out at 2.0% MAPE where
+    the zoo alone reached 3.6% (benchmarks/results/onboarding_cpu.md).
+    """
+    c = _detached(config.onboard)
+    c.store = cf.store_path(config.store, workdir)
+    if not c.lut and not c.lut_dir:
+        c.lut_dir = os.path.join(workdir, 'lut_build', 'lut')
+    return c
+
+
 def search_config(config: ml_collections.ConfigDict,
                   workdir: str,
                   latency_path: str,
@@ -159,6 +181,12 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     search_job.check(search_config(config, workdir, '', budgets or [1.0]))
     if config.accuracy:
         search_job.load_objective(config.accuracy, float(config.width))
+    if config.zoo:
+        # The zoo's files are read now (checkpoints lazily, no device work), so a missing
+        # or corrupt zoo fails before the campaign; the rest of its plan is checked in run().
+        ocfg = onboard_config(config, workdir)
+        onboard_job.check(ocfg)
+        onboard_job.load_zoo(ocfg)
     cf.cpu_affinity(config.cpu_affinity)
     return {
         'resolutions': cf.resolutions(config.resolutions),
@@ -209,6 +237,57 @@ def xla_cost_estimator(rows: dict[str, store_lib.Row], keys: list[str], lat: np.
     return est, pred
 
 
+def _measured_since(store_path: str, device_id: str, started: float) -> float:
+    """Device-seconds of the rows the onboarding measured after ``started`` (this run)."""
+    total = 0.0
+    with store_lib.LatencyStore(store_path, readonly=True) as store:
+        for row in store.rows(device_id):
+            if row.finished_at and row.provenance.get('job') == 'onboard':
+                if datetime.datetime.fromisoformat(row.finished_at).timestamp() >= started:
+                    total += _row_cost_s(row)
+    return total
+
+
+def onboard_estimator(o_summary: dict[str, Any], test_archs: space.Arch, test_ms: np.ndarray,
+                      keys: list[str], te: np.ndarray) -> tuple[Estimator, np.ndarray]:
+    """The onboarded checkpoint scored on the held-out rows of the fits.
+
+    Its cost: the device-seconds of the rows it adapted on (reference archs and
+    shots, lower + compile + timing, as the fits' rows are counted) plus the
+    onboarding's own time besides the measurements it made in this run
+    (leave-one-out choice and distillation, as the fits' training time).
+    """
+    pred = np.asarray(checkpoint.load(o_summary['checkpoint'])(test_archs), np.float64)
+    rows = int(o_summary['references']) + len(o_summary['shot_keys'])
+    adapt_s = max(0.0, float(o_summary['elapsed_s']) - float(o_summary['measured_now_s']))
+    est = Estimator(label=f'{ESTIMATOR_LABELS["onboard"]} ({o_summary["chosen"]})',
+                    metrics=metrics.all_metrics(pred, test_ms),
+                    measurements=rows,
+                    measurement_kind=f'whole sub-networks ({o_summary["references"]} zoo '
+                    f'references + {len(o_summary["shot_keys"])} shots, '
+                    f'{o_summary["device_s"]:.1f} device-s)',
+                    cost_minutes=(float(o_summary['device_s']) + adapt_s) / 60.0,
+                    latency_path=o_summary['checkpoint'])
+    test_keys = {keys[i] for i in te}
+    o_summary['test_overlap'] = len(test_keys & set(o_summary['shot_keys']))
+    if o_summary['test_overlap']:
+        _log(f'warning: {o_summary["test_overlap"]} onboarding shots are held-out test rows')
+    o_summary['adapt_s'] = adapt_s
+    return est, pred
+
+
+def onboard_section(o_summary: dict[str, Any] | None, device_id: str) -> dict[str, Any] | None:
+    """What the summary keeps of the onboarding (None: no zoo given)."""
+    if o_summary is None:
+        return None
+    keep = ('zoo', 'members', 'device_id', 'selection', 'references', 'shots', 'measured_now',
+            'already_done', 'device_s', 'measured_now_s', 'adapt_s', 'elapsed_s', 'chosen',
+            'chosen_cv', 'checkpoint', 'test_overlap', 'shot_keys')
+    out = {k: o_summary.get(k) for k in keep}
+    out['same_device'] = o_summary['device_id'] == device_id
+    return out
+
+
 def _budget_floor(config, parsed, store_path, device) -> float:
     """Measured latency of the smallest sub-network (the lowest budget that can be met)."""
     protocol = cf.protocol(config.protocol)
@@ -257,6 +336,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     width = float(config.width)
     stages: dict[str, float] = {}
     run_stages: list[Stage] = []
+    if config.zoo:
+        # The whole onboarding plan (shots chosen from the zoo's disagreement, strategies,
+        # enough rows) once XLA runs with the affinity set, before any measurement.
+        onboard_job.make_plan(onboard_config(config, workdir))
     if sanity:
         t0 = time.monotonic()
         summary_lib.run(os.path.join(workdir, 'sanity'),
@@ -298,6 +381,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
     stages['lut'] = time.monotonic() - t0
     l_summary['total_elapsed_s'] = _accumulate(os.path.join(ldir, 'cost.json'), l_summary)
     lut_dir = os.path.join(ldir, 'lut')
+
+    # 2b. Onboarding from a zoo (optional), into the campaign's store: rows already there
+    #     are reused; those measured now are counted by when they finished.
+    o_summary = None
+    if config.zoo:
+        _log(f'2/5 onboarding from the zoo {config.zoo}: {config.onboard.references} reference '
+             f'archs + {config.shots} shots')
+        t0 = time.monotonic()
+        started = time.time()
+        ocfg = onboard_config(config, workdir)
+        odir = os.path.join(workdir, 'onboard')
+        o_summary = onboard_job.run(ocfg, odir)
+        run_stages.append(Stage('onboard', 'onboard', odir, ocfg.to_dict()))
+        stages['onboard'] = time.monotonic() - t0
+        o_summary['measured_now_s'] = _measured_since(store_path, o_summary['device_id'], started)
 
     # 3-4. Fit predictors, score every estimator on the same held-out rows.
     _log('3/5 fitting predictors and scoring every estimator on held-out sub-networks')
@@ -354,6 +452,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
         lat[te],
         width,
         num_classes=int(config.num_classes))
+    if o_summary is not None:
+        estimators['onboard'], predictions['onboard'] = onboard_estimator(
+            o_summary, archs[te], lat[te], keys, te)
     cost = xla_cost_estimator(rows, keys, lat, tr, te)
     if cost is not None:
         estimators['xla_cost'], predictions['xla_cost'] = cost
@@ -415,6 +516,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, sanity: bool = True)
             k: dataclasses.asdict(v) for k, v in estimators.items()
         },
         'breakdown': breakdown,
+        'onboard': onboard_section(o_summary, device_id),
         'budgets_ms': budgets,
         'searches': searches,
         'stages': [dataclasses.asdict(s) for s in run_stages],
