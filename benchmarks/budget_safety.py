@@ -57,7 +57,8 @@ def measured_reference(workdir: str, summary: dict[str, Any]) -> list[tuple[floa
     """
     rows: dict[str, tuple[float, float]] = {}
     for search in summary['searches'].values():
-        for r in (search.get('results') or []) + (search.get('point_candidates') or []):
+        for r in ((search.get('results') or []) + (search.get('point_candidates') or []) +
+                  (search.get('store_candidates') or [])):
             if 'measured_ms' in r:
                 key = space.arch_key(space.from_ofa_dict(r['arch']))
                 rows[key] = (r['measured_ms'], r['objective'])
@@ -80,7 +81,8 @@ def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict
     rounds = search.get('rounds') or []
     results = search.get('results') or []
     points = search.get('point_candidates') or []
-    kept = _best(results + points, within_only=True)
+    stored = search.get('store_candidates') or []
+    kept = _best(results + points + stored, within_only=True)
     plain = _best(search.get('uncorrected') or [], within_only=False)
     measured_plain = {(r['budget_ms'], r['seed']): r for r in points}
     scale = 100.0 if not str(search.get('objective_name', '')).startswith('proxy:') else 1.0

@@ -110,7 +110,7 @@ def budget_safety_lines(summary: Mapping[str, Any]) -> list[str]:
             lines.append(f'| {model} | {r["budget_ms"]:.2f} | {bound} | '
                          f'{r.get("measured_ms", float("nan")):.2f} | '
                          f'{"yes" if r.get("within_budget") else "NO"} | '
-                         f'{"point estimate" if r.get("source") else r.get("round", 0)} | '
+                         f'{r.get("source") or r.get("round", 0)} | '
                          f'{r["objective"]:.4g} | {u_obj} | {u_ms} | {given} |')
     if not lines:
         return []
@@ -126,7 +126,8 @@ def budget_safety_lines(summary: Mapping[str, Any]) -> list[str]:
         'calibrated on held-out rows), measures its picks, and where one measures over budget '
         'tightens that search and runs it again (`rounds`); the point estimate\'s picks are '
         'measured in the same batch and kept where they measure within budget and score '
-        'higher (`rounds`: point estimate). "given up": objective of the '
+        'higher (`rounds`: point estimate), as is the best row of the store that measured '
+        'within budget (`rounds`: store). "given up": objective of the '
         'uncorrected search (point estimate) minus the kept pick\'s.', '', *lines, '',
         'Searches (budget x seed) within budget, first measurement -> after the loop: ' +
         (', '.join(share) if share else '-') + '.', ''

@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     # within budget and scores higher; what the bound gives up shrinks to what
     # the device says it must.
     c.measure_point_picks = True
+    # With verify_store: a budget may also keep the best sub-network of the store
+    # (this device, same key) that measured within it ('source: store').
+    c.store_candidates = True
     # Deployable result: workdir/found/<budget>ms/ with the arch, weights, a
     # jax.export program (symbolic batch) and its measured latency.
     c.export = True

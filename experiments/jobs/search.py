@@ -40,6 +40,7 @@ from ofa_jax import files
 from ofa_jax import ofa_weights
 from ofa_jax import search as search_lib
 from ofa_jax import space
+from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import gauges
 from ofa_jax.latency import measure
 from ofa_jax.latency import store as store_lib
@@ -374,6 +375,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 for k in ('measured_ms', 'measured_over_budget', 'within_budget'):
                     row[k] = m[k]
         rounds.append(_round_summary(0, results, flat))
+    stored: list[dict[str, Any]] = []
+    if config.verify and config.verify_store and config.store_candidates:
+        stored = store_candidates(config, budgets, objective, latency_fn, resolutions, extra)
     if closed_loop:
         results, more = _close_loop(compiled, seeds, flat, results, objective.name, latency_fn, cal
                                     is not None, config)
@@ -398,7 +402,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'results': results,
         'point_candidates': candidates,
         # A point-estimate pick counts only where it measured within budget.
-        'best': best_per_budget(results + [c for c in candidates if c['within_budget']]),
+        'store_candidates': stored,
+        'best': best_per_budget(results + [c for c in candidates if c['within_budget']] + stored),
     }
     if config.export:
         out['found'] = export_found(out['best'], config, workdir)
@@ -439,6 +444,64 @@ def _rows(res: Any, objective_name: str, latency_fn: LatencyFn, *,
             row['bound_ms'] = float(res.latency[i])
         rows.append(row)
     return rows
+
+
+def store_candidates(config: ml_collections.ConfigDict, budgets: list[float],
+                     objective: objectives.Objective, latency_fn: LatencyFn,
+                     resolutions: tuple[int, ...], extra: Any) -> list[dict[str, Any]]:
+    """Per budget, the best sub-network already measured in ``verify_store`` within it.
+
+    Rows of this device under the verification's key (batch, dtype, protocol,
+    width, classes, depthwise) are measurements like the picks'; the one of
+    highest objective within a budget (at the search's resolutions and extra
+    constraints) is a candidate with ``source: 'store'``, so a budget never
+    keeps a pick worse than a sub-network the device already showed to fit.
+    """
+    device = cf.device(config.device)
+    depthwise = cf.depthwise(config.depthwise, device)
+    net = dict(batch=int(config.verify_batch),
+               dtype=cf.dtype(config.dtype),
+               width=cf.width(config.width),
+               num_classes=int(config.num_classes),
+               depthwise=depthwise)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(cf.open_store(config.verify_store, 'verify_store'))
+        try:
+            stack.enter_context(store.writer_lease('search verify'))
+        except store_lib.StoreError as err:
+            raise ConfigError(f'config.verify_store: {err}') from None
+        fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
+        rows = gauges.stored_latencies(store, fid, protocol=cf.protocol(config.protocol), **net)
+    if not rows:
+        return []
+    keys = [k for k in rows if int(np.asarray(space.from_key(k).resolution)) in resolutions]
+    if not keys:
+        return []
+    archs = space.stack([space.from_key(k) for k in keys])
+    ok = np.ones(len(keys), bool) if extra is None else np.asarray(extra(archs), bool)
+    score = np.asarray(objective(archs), np.float64)
+    point = np.asarray(latency_fn(archs), np.float64)
+    ms = np.array([rows[k] for k in keys])
+    out = []
+    for b in budgets:
+        fit = np.flatnonzero(ok & (ms <= b))
+        if not len(fit):
+            continue
+        i = int(fit[np.argmax(score[fit])])
+        row = {
+            'budget_ms': float(b),
+            'seed': -1,
+            'latency_ms': float(point[i]),
+            'objective': float(score[i]),
+            'objective_name': objective.name,
+            'feasible': True,
+            'arch': space.to_ofa_dict(space.from_key(keys[i])),
+            'round': 0,
+            'source': 'store',
+        }
+        _mark_measured(row, float(ms[i]), config)
+        out.append(row)
+    return out
 
 
 def _distinct_new(rows: list[dict[str, Any]], taken: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -64,6 +64,22 @@ def device_gauge(store: store_lib.LatencyStore, device: Any, *, batch: int, dtyp
                            depthwise=depthwise)
 
 
+def stored_latencies(store: store_lib.LatencyStore, device_id: str, *, batch: int, dtype: str,
+                     protocol: measure.Protocol, width: float, num_classes: int,
+                     depthwise: str) -> dict[str, float]:
+    """Arch key -> latency (ms) of the store's rows under exactly this key (device, batch, ...)."""
+
+    def key_of(arch_key: str) -> store_lib.RowKey:
+        return store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name, float(width),
+                                int(num_classes), depthwise)
+
+    return {
+        row.key.arch_key: row.latency_ms
+        for row in store.rows(device_id, batch=int(batch), dtype=dtype, protocol=protocol.name)
+        if row.key == key_of(row.key.arch_key)
+    }
+
+
 def measure_archs(archs: Sequence[space.Arch],
                   *,
                   device: Any,
@@ -104,18 +120,17 @@ def measure_archs(archs: Sequence[space.Arch],
     if store is not None and not device_id:
         raise ValueError('measure_archs: device_id is required with a store')
 
-    def key_of(arch_key: str) -> store_lib.RowKey:
-        return store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name, float(width),
-                                int(num_classes), depthwise)
-
     # Rows already stored under these keys, read once: arch key -> latency.
     cache: dict[str, float] = {}
     if store is not None:
-        cache = {
-            row.key.arch_key: row.latency_ms
-            for row in store.rows(device_id, batch=int(batch), dtype=dtype, protocol=protocol.name)
-            if row.key == key_of(row.key.arch_key)
-        }
+        cache = stored_latencies(store,
+                                 device_id,
+                                 batch=batch,
+                                 dtype=dtype,
+                                 protocol=protocol,
+                                 width=width,
+                                 num_classes=num_classes,
+                                 depthwise=depthwise)
     out = []
     for arch in archs:
         arch_key = space.arch_key(arch)
@@ -130,7 +145,9 @@ def measure_archs(archs: Sequence[space.Arch],
                                              depthwise=depthwise,
                                              gauge=gauge)
             if store is not None:
-                store.add_result(key_of(arch_key), result, provenance=dict(provenance or {}))
+                key = store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name,
+                                       float(width), int(num_classes), depthwise)
+                store.add_result(key, result, provenance=dict(provenance or {}))
             cache[arch_key] = result.latency_ms
         out.append(cache[arch_key])
     return out

@@ -20,6 +20,8 @@ from experiments.jobs import search as search_job
 from ofa_jax import csvio
 from ofa_jax import export as export_lib
 from ofa_jax import space
+from ofa_jax.latency import fingerprint as fp_lib
+from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
 from predictors import conformal
 
@@ -194,6 +196,41 @@ class BudgetSafeSearchTest(absltest.TestCase):
                     self.assertEqual(best['objective'], plain[best['budget_ms']]['objective'])
                 else:
                     self.assertNotIn('source', best)
+
+    def test_store_rows_within_budget_are_candidates(self):
+        cfg = self._config(verify=True, device='cpu', depthwise='auto', num_classes=1000)
+        cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
+        protocol = search_job.cf.protocol(cfg.protocol)
+        device = search_job.cf.device('cpu')
+        depthwise = search_job.cf.depthwise('auto', device)
+        archs = space.unstack(space.sample_np(np.random.default_rng(3), 12, resolutions=(160, 192)))
+        with store_lib.LatencyStore(cfg.verify_store) as store:
+            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
+            for i, a in enumerate(archs):
+                key = store_lib.RowKey(fid, space.arch_key(a), 1, 'float32', protocol.name, 1.2,
+                                       1000, depthwise)
+                store.add(key, 8.0 + 0.5 * i, resolution=int(a.resolution))
+            # Another batch size is another key: never a candidate.
+            store.add(store_lib.RowKey(fid, space.arch_key(space.largest(160)), 64, 'float32',
+                                       protocol.name, 1.2, 1000, depthwise),
+                      1.0,
+                      resolution=160)
+        objective = search_job.load_objective('', 1.2)
+        predictor = checkpoint.load(self.ckpt)
+        got = search_job.store_candidates(cfg, [9.0, 11.0, 1.0], objective, predictor, (160, 192),
+                                          None)
+        score = np.asarray(objective(space.stack(archs)))
+        self.assertEqual([r['budget_ms'] for r in got], [9.0, 11.0])  # Nothing fits in 1 ms.
+        for r in got:
+            fits = [i for i in range(len(archs)) if 8.0 + 0.5 * i <= r['budget_ms']]
+            best = max(fits, key=lambda i: score[i])
+            self.assertEqual(r['arch'], space.to_ofa_dict(archs[best]))
+            self.assertEqual(r['measured_ms'], 8.0 + 0.5 * best)
+            self.assertTrue(r['within_budget'])
+            self.assertEqual(r['source'], 'store')
+        # Only resolutions the search covers.
+        self.assertEqual(
+            search_job.store_candidates(cfg, [11.0], objective, predictor, (224,), None), [])
 
     def test_closed_loop_gives_up_after_max_rounds_and_says_so(self):
         predictor = checkpoint.load(self.ckpt)
