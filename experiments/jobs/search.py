@@ -26,7 +26,7 @@ import contextlib
 import glob
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -446,6 +446,28 @@ def _rows(res: Any, objective_name: str, latency_fn: LatencyFn, *,
     return rows
 
 
+def _verify_net(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
+    """The verification's device and network key fields (batch, dtype, width, ...)."""
+    device = cf.device(config.device)
+    return device, dict(batch=cf.one_int('verify_batch', config.verify_batch),
+                        dtype=cf.dtype(config.dtype),
+                        width=cf.width(config.width),
+                        num_classes=int(config.num_classes),
+                        depthwise=cf.depthwise(config.depthwise, device))
+
+
+@contextlib.contextmanager
+def _verify_store(config: ml_collections.ConfigDict) -> Iterator[store_lib.LatencyStore]:
+    """``config.verify_store`` open, under this job's writer lease."""
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(cf.open_store(config.verify_store, 'verify_store'))
+        try:
+            stack.enter_context(store.writer_lease('search verify'))
+        except store_lib.StoreError as err:
+            raise ConfigError(f'config.verify_store: {err}') from None
+        yield store
+
+
 def store_candidates(config: ml_collections.ConfigDict, budgets: list[float],
                      objective: objectives.Objective, latency_fn: LatencyFn,
                      resolutions: tuple[int, ...], extra: Any) -> list[dict[str, Any]]:
@@ -457,19 +479,8 @@ def store_candidates(config: ml_collections.ConfigDict, budgets: list[float],
     constraints) is a candidate with ``source: 'store'``, so a budget never
     keeps a pick worse than a sub-network the device already showed to fit.
     """
-    device = cf.device(config.device)
-    depthwise = cf.depthwise(config.depthwise, device)
-    net = dict(batch=int(config.verify_batch),
-               dtype=cf.dtype(config.dtype),
-               width=cf.width(config.width),
-               num_classes=int(config.num_classes),
-               depthwise=depthwise)
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(cf.open_store(config.verify_store, 'verify_store'))
-        try:
-            stack.enter_context(store.writer_lease('search verify'))
-        except store_lib.StoreError as err:
-            raise ConfigError(f'config.verify_store: {err}') from None
+    device, net = _verify_net(config)
+    with _verify_store(config) as store:
         fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
         rows = gauges.stored_latencies(store, fid, protocol=cf.protocol(config.protocol), **net)
     if not rows:
@@ -598,22 +609,12 @@ def measure_rows(archs: list[space.Arch], config: ml_collections.ConfigDict) -> 
     """
     batch = cf.one_int('verify_batch', config.verify_batch)
     protocol = cf.protocol(config.protocol)
-    device = cf.device(config.device)
-    depthwise = cf.depthwise(config.depthwise, device)
-    net = dict(batch=batch,
-               dtype=cf.dtype(config.dtype),
-               width=cf.width(config.width),
-               num_classes=int(config.num_classes),
-               depthwise=depthwise)
+    device, net = _verify_net(config)
+    depthwise = net['depthwise']
     if not archs:
         return []
     if config.verify_store:
-        with contextlib.ExitStack() as stack:
-            store = stack.enter_context(cf.open_store(config.verify_store, 'verify_store'))
-            try:
-                stack.enter_context(store.writer_lease('search verify'))
-            except store_lib.StoreError as err:
-                raise ConfigError(f'config.verify_store: {err}') from None
+        with _verify_store(config) as store:
             fid, gauge = gauges.device_gauge(store, device, **net)
             return [
                 float(v) for v in gauges.measure_archs(
