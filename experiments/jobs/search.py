@@ -495,6 +495,7 @@ def store_candidates(config: ml_collections.ConfigDict, budgets: list[float],
     ms = np.array([rows[k] for k in keys])
     out = []
     for b in budgets:
+        b = float(np.float32(b))  # As the searches' rows hold it (float32), so budgets match.
         fit = np.flatnonzero(ok & (ms <= b))
         if not len(fit):
             continue
