@@ -608,10 +608,8 @@ def measure_rows(archs: list[space.Arch], config: ml_collections.ConfigDict) -> 
     paired protocol uses its gauge baseline, the scale of the predictors
     trained on it; without a store a paired protocol times a fresh baseline.
     """
-    batch = cf.one_int('verify_batch', config.verify_batch)
     protocol = cf.protocol(config.protocol)
     device, net = _verify_net(config)
-    depthwise = net['depthwise']
     if not archs:
         return []
     if config.verify_store:
@@ -630,12 +628,12 @@ def measure_rows(archs: list[space.Arch], config: ml_collections.ConfigDict) -> 
             ]
     gauge = None
     if protocol.paired:
-        gauge = measure.Gauge.build(batch,
+        gauge = measure.Gauge.build(net['batch'],
                                     net['dtype'],
                                     device,
                                     width=net['width'],
                                     num_classes=net['num_classes'],
-                                    depthwise=depthwise)
+                                    depthwise=net['depthwise'])
     return [
         float(v)
         for v in gauges.measure_archs(archs, device=device, protocol=protocol, gauge=gauge, **net)

@@ -68,16 +68,18 @@ def stored_latencies(store: store_lib.LatencyStore, device_id: str, *, batch: in
                      protocol: measure.Protocol, width: float, num_classes: int,
                      depthwise: str) -> dict[str, float]:
     """Arch key -> latency (ms) of the store's rows under exactly this key (device, batch, ...)."""
-
-    def key_of(arch_key: str) -> store_lib.RowKey:
-        return store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name, float(width),
-                                int(num_classes), depthwise)
-
+    net = (int(batch), dtype, protocol.name, float(width), int(num_classes), depthwise)
     return {
         row.key.arch_key: row.latency_ms
         for row in store.rows(device_id, batch=int(batch), dtype=dtype, protocol=protocol.name)
-        if row.key == key_of(row.key.arch_key)
+        if row.key == _row_key(device_id, row.key.arch_key, *net)
     }
+
+
+def _row_key(device_id: str, arch_key: str, batch: int, dtype: str, protocol: str, width: float,
+             num_classes: int, depthwise: str) -> store_lib.RowKey:
+    return store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol, float(width),
+                            int(num_classes), depthwise)
 
 
 def measure_archs(archs: Sequence[space.Arch],
@@ -145,8 +147,8 @@ def measure_archs(archs: Sequence[space.Arch],
                                              depthwise=depthwise,
                                              gauge=gauge)
             if store is not None:
-                key = store_lib.RowKey(device_id, arch_key, int(batch), dtype, protocol.name,
-                                       float(width), int(num_classes), depthwise)
+                key = _row_key(device_id, arch_key, batch, dtype, protocol.name, width, num_classes,
+                               depthwise)
                 store.add_result(key, result, provenance=dict(provenance or {}))
             cache[arch_key] = result.latency_ms
         out.append(cache[arch_key])
