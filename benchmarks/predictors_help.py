@@ -66,6 +66,7 @@ from experiments.jobs import transfer as experiment_transfer
 from predictors import metrics
 from predictors import proxy_fit
 from predictors import transfer
+from predictors import work_linear
 
 DATA = external_data.path('help_ofa_w1.2')
 GPUS = {'2080ti': '2080ti', 'titan_rtx': 'titan_rtx', 'titan_xp': 'titan_xp'}
@@ -74,7 +75,7 @@ TARGETS = {1: (4.0, None), 32: (4.0, None), 64: (2.0, 10.0)}  # (20-shot MAPE, 0
 HELP_TARGET, HELP_BATCH = 'titan_rtx', 64
 HELP_GOAL = (1.6, 0.9985)
 DEFAULT_STRATEGIES = ('paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,'
-                      'help_finetune,stack_affine,stack_refs,blend_refs')
+                      'help_finetune,stack_affine,stack_refs,blend_refs,work_refs')
 DEFAULTS = {'batches': '1,32,64', 'shots': '0,10,20,50', 'targets': ','.join(GPUS)}
 PROTOCOL_METRICS = (
     ('mape', 'MAPE %', '.2f'),
@@ -492,7 +493,8 @@ def help_protocol(data: str,
       (seeds differ only in initialisation and batch order), and
       ``help_ens_refs`` that ensemble recalibrated on the refs;
     * ``stack_refs`` / ``blend_refs`` as in the transfer (seed-0 help model),
-      ``blend_ens_refs`` with the ensemble as the help base.
+      ``blend_ens_refs`` with the ensemble as the help base;
+    * ``work_refs``: no source, :mod:`predictors.work_linear` fit on the refs.
 
     Scored on two row sets, never on a reference arch nor a repeat of one:
     ``last20`` (the leak-free evaluation rows of the leave-one-out table, its
@@ -559,6 +561,9 @@ def help_protocol(data: str,
         'blend_refs': on_refs(np.concatenate([stack, helps[0][None]])),
         'blend_ens_refs': on_refs(np.concatenate([stack, ens[None]])),
     }
+    work_x = work_linear.work_features(table.archs, HELP_BATCH, 1.2)
+    work = work_linear.fit(table.archs[refs], ref_ms, batch=HELP_BATCH, x=work_x[refs])
+    preds['work_refs'] = work_x @ np.asarray(work.coef)
     measured = np.stack([tables[f].latency_ms for f in parsed['sources']])
     for name, log_space in (('proxy_fit', False), ('proxy_fit_log', True)):
         fit = proxy_fit.proxy_fit(measured[:, refs], ref_ms, log_space=log_space)
@@ -595,6 +600,7 @@ PROTOCOL_ROWS = {
     'stack_refs': ('stack_refs', True),
     'blend_refs': ('blend_refs', True),
     'blend_ens_refs': ('blend_ens_refs (blend_refs with help_ens as the help base)', True),
+    'work_refs': ('work_refs (no source: the work model fit on the refs)', True),
     'proxy_fit': ("*proxy fit, linear a lat_A + b lat_B + c (the sources' measurements, "
                   '10 refs)*', False),
     'proxy_fit_log': ("*proxy fit, log space (the sources' measurements, 10 refs)*", False),

@@ -42,7 +42,7 @@ from predictors import fit
 from predictors import train as train_lib
 
 STRATEGIES = ('paper_head', 'paper_affine', 'hw_zero_affine', 'hw_finetune', 'help_affine',
-              'help_finetune', 'stack_affine', 'stack_refs', 'blend_refs')
+              'help_finetune', 'stack_affine', 'stack_refs', 'blend_refs', 'work_refs')
 
 
 class StackCalibration(NamedTuple):

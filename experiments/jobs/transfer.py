@@ -23,6 +23,11 @@ Base predictors:
   more base, combined the same way on the reference archs plus the k shots
   (``blend_refs``): the calibration weighs the HELP model by how well it
   fits the target's rows, next to the per-source models.
+* ``work``: no source at all: :mod:`predictors.work_linear` (seven
+  coefficients on each sub-network's work totals at the target's batch) fit
+  on the target's reference archs plus the k shots (``work_refs``), the rows
+  ``stack_refs`` reads. It is the from-scratch reference every transfer must
+  beat to have used the sources.
 
 Baseline, not a strategy (``config.proxy_fit``, on by default): the
 measured-proxy fit of :mod:`predictors.proxy_fit`, ``y = a*lat_A + b*lat_B +
@@ -67,6 +72,7 @@ from predictors import fit
 from predictors import metrics
 from predictors import proxy_fit
 from predictors import transfer
+from predictors import work_linear
 
 ConfigError = cf.ConfigError
 
@@ -476,6 +482,9 @@ def transfer_predictions(config: ml_collections.ConfigDict,
     base_names = {'stack': [os.path.basename(f) for f in parsed['sources']]}
     base_names['blend'] = base_names['stack'] + ['help']
     shots_used = {}
+    work_x = None
+    if 'work_refs' in strategies:
+        work_x = work_linear.work_features(target.archs, tgt_batch, width)
     t0 = time.perf_counter()
     for k in parsed['shots']:
         draws = np.stack([
@@ -488,6 +497,18 @@ def transfer_predictions(config: ml_collections.ConfigDict,
         for strat in strategies:
             kind, how = strat.split('_', 1)
             base = bases.get(kind)
+            if kind == 'work':
+                out = []
+                for s in range(draws.shape[0]):
+                    rows = np.union1d(refs, draws[s])
+                    model = work_linear.fit(target.archs[rows],
+                                            view[rows],
+                                            batch=tgt_batch,
+                                            width=width,
+                                            x=work_x[rows])
+                    out.append(work_x[eval_rows] @ np.asarray(model.coef))
+                pred[strat][k] = np.stack(out)
+                continue
             if how in ('affine', 'zero_affine', 'refs'):
                 out = []
                 for s in range(draws.shape[0]):

@@ -13,6 +13,7 @@ from experiments.jobs import transfer as experiment_transfer
 from ofa_jax import csvio
 from ofa_jax import space
 from predictors import transfer
+from predictors import work_linear
 
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
@@ -154,7 +155,7 @@ class TransferTest(absltest.TestCase):
         clean = self.create_tempdir('clean').full_path
         dirty = self.create_tempdir('dirty').full_path
         strategies = ('paper_head,paper_affine,hw_zero_affine,hw_finetune,help_affine,stack_affine,'
-                      'stack_refs,blend_refs')
+                      'stack_refs,blend_refs,work_refs')
         out = []
         for folder, poison in ((clean, False), (dirty, True)):
             paths, refs = _write_devices(folder, poison_eval=poison)
@@ -193,6 +194,15 @@ class TransferTest(absltest.TestCase):
                                np.log(1.7 / np.sqrt(0.9)),
                                delta=0.05)
         self.assertEqual(a['calibration']['blend_refs']['by_k'][5].shape, (2, 4))
+        # work_refs: the work model fit on the references in the adaptation rows
+        # plus each draw's shots, nothing else of the target.
+        target = csvio.read_ofa_csv(paths[2])
+        for s, draw in enumerate(a['shots'][5]):
+            rows = np.union1d([3, 50], draw)
+            model = work_linear.fit(target.archs[rows], target.latency_ms[rows], batch=64)
+            np.testing.assert_allclose(a['pred']['work_refs'][5][s],
+                                       model(target.archs[a['eval_rows']]),
+                                       rtol=1e-6)
         # The poisoned file really differs where it is evaluated.
         self.assertGreater(b['truth'].min(), 100 * a['truth'].max())
         # The proxy-fit baseline reads the sources' measurements of the
