@@ -24,7 +24,7 @@ from experiments.configs import measure_latency
 from predictors import train as train_lib
 
 # In the order a tie is broken; the LUT ones run only with a LUT.
-STRATEGIES = ('stack', 'affine', 'finetune', 'shots_only', 'lut', 'lut_affine', 'blend')
+STRATEGIES = ('stack', 'affine', 'finetune', 'shots_only', 'work', 'lut', 'lut_affine', 'blend')
 # Fields of the LUT build tied to the top-level field of the same name.
 TIED_LUT_FIELDS = ('batch', 'dtype', 'width', 'num_classes', 'device', 'store', 'depthwise',
                    'microbenchmarks', 'progress')

@@ -37,12 +37,15 @@ Strategies (the adaptations of :mod:`predictors.transfer`):
   (:func:`predictors.transfer.finetune`, ``mode='full'``);
 * ``shots_only``: the additive model's closed-form fit on the rows alone
   (ridge toward the per-stage cost-per-MAC prior; no zoo);
+* ``work``: :mod:`predictors.work_linear` on the rows alone (seven
+  coefficients on each sub-network's FLOPs, bytes and kernel launches at the
+  onboarding's batch size, closed form; no zoo);
 * with a LUT: ``lut`` (the table's sums, nothing fitted), ``lut_affine``
   (affine on the LUT's sums) and ``blend`` (the stack with the LUT as one
   more base).
 
-How the choice becomes one checkpoint: ``finetune`` and ``shots_only`` are a
-single :class:`Predictor` already and are saved as they are. The others
+How the choice becomes one checkpoint: ``finetune``, ``shots_only`` and
+``work`` are a single :class:`Predictor` already and are saved as they are. The others
 combine several predictors (or a LUT) in log space, which the checkpoint
 format cannot hold; rather than extend it, the combination is distilled into
 a new additive predictor: ``distill.archs`` seeded archs labelled by the
@@ -90,6 +93,7 @@ from predictors import lut as lut_lib
 from predictors import metrics
 from predictors import train as train_lib
 from predictors import transfer
+from predictors import work_linear
 from predictors import zoo as zoo_lib
 
 STRATEGIES = onboard_config.STRATEGIES
@@ -291,9 +295,10 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
         _log('finetune left out: it adapts single-member predictors, the zoo holds ensembles')
         strategies = tuple(s for s in strategies if s != 'finetune')
     if not strategies:
-        raise ConfigError(f'config.strategies: {tuple(cf.items(config.strategies))} all need a '
-                          'LUT; allowed: add one of stack, affine, finetune, shots_only, or set '
-                          'lut=True or lut_dir')
+        raise ConfigError(
+            f'config.strategies: {tuple(cf.items(config.strategies))} all need a LUT; '
+            'allowed: add one of stack, affine, finetune, shots_only, work, or set lut=True '
+            'or lut_dir')
     k = int(config.shots)
     curve = tuple(sorted({int(n) for n in cf.items(config.curve) if int(n) <= k} | {k}))
     if int(config.references) + k < MIN_CV_ROWS:
@@ -516,6 +521,9 @@ class Adapter:
         self.steps = int(config.finetune_steps)
         self.lr = float(config.finetune_lr)
         self.anchor = float(config.anchor_weight)
+        self.batch = int(config.batch)
+        self.width = float(config.width)
+        self._work_x = None  # work_linear features of the rows, counted on first use
 
     def _best_member(self, idx: np.ndarray) -> tuple[int, transfer.AffineCalibration]:
         """The member whose affine recalibration fits rows ``idx`` best, and that fit."""
@@ -595,6 +603,17 @@ class Adapter:
                                         params=params)
             return Fitted(strategy, lambda archs, bases: _eager_predict(pred, archs), pred,
                           {'rows': int(len(idx))})
+        if strategy == 'work':
+            if self._work_x is None:
+                self._work_x = work_linear.work_features(self.archs, self.batch, self.width)
+            model = work_linear.fit(self.archs[idx],
+                                    y,
+                                    batch=self.batch,
+                                    width=self.width,
+                                    x=self._work_x[idx])
+            pred = work_linear.to_predictor(model, self.fspec)
+            return Fitted(strategy, lambda archs, bases: _eager_predict(pred, archs), pred,
+                          {'coef': model.to_dict()['coef']})
         raise ValueError(f'strategy: {strategy!r}; allowed: {", ".join(STRATEGIES)}')
 
     def leave_one_out(self, strategy: str, idx: np.ndarray) -> np.ndarray:
@@ -689,18 +708,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             'device_s': float(row_s[idx].sum()),
             'cv': {}
         }
+        t_cv = time.perf_counter()
         if len(idx) >= MIN_CV_ROWS:
             oof_at[n] = {}
             for s in plan.strategies:
                 oof = adapter.leave_one_out(s, idx)
                 oof_at[n][s] = oof
                 point['cv'][s] = _cv_metrics(oof, y[idx])
+        point['cv_s'] = time.perf_counter() - t_cv
         curve.append(point)
         _log(f'shots {n}: ' + ', '.join(f'{s} {m["mape"]:.2f}%' for s, m in point['cv'].items()))
     final = plan.curve[-1]
     scores = {s: m['mape'] for s, m in curve[-1]['cv'].items() if np.isfinite(m['mape'])}
     chosen = min(plan.strategies, key=lambda s: scores.get(s, np.inf))
     _log(f'chosen: {chosen} (leave-one-out MAPE {scores[chosen]:.2f}% on {len(y)} rows)')
+    t_final = time.perf_counter()
     fitted = adapter.fit(chosen, np.arange(len(y)))
     meta = {
         'onboard': {
@@ -734,6 +756,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                           rows='leave-one-out predictions of the adaptation rows')
     ckpt_dir = os.path.join(workdir, 'checkpoint')
     checkpoint.save(predictor, ckpt_dir)
+    final_s = time.perf_counter() - t_final
     saved = checkpoint.load(ckpt_dir)
     fitted_on_rows = np.asarray(saved(adapt), np.float64)
 
@@ -784,7 +807,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'curve': curve,
         'evaluation': evaluation,
         'shot_keys': keys[n_refs:],
+        # Every row the adaptation read (references, then shots), as measured.
+        'adapt_keys': keys,
+        'adapt_ms': y.tolist(),
         'elapsed_s': time.perf_counter() - t_start,
+        # After the measurements: choosing (leave-one-out of every strategy on
+        # all the rows) plus the chosen one's final fit, distillation and save.
+        'adaptation_s': {
+            'choice': curve[-1]['cv_s'],
+            'final_fit': final_s,
+            'total': curve[-1]['cv_s'] + final_s
+        },
     }
     files.write_json(os.path.join(workdir, 'onboard.json'), summary)
     plot_curve(os.path.join(workdir, 'learning_curve.png'), curve, chosen, measured.device_kind)
@@ -864,6 +897,14 @@ def report(summary: dict[str, Any], config: ml_collections.ConfigDict, workdir: 
         '', f'Checkpoint: `{summary["checkpoint"]}` (`predictors.checkpoint.load(...)(archs)`); '
         f'on the measured rows it was fitted on: MAPE {on_rows["mape"]:.2f}%. Its conformal '
         'bound (`Predictor.upper`) is calibrated on the leave-one-out predictions.'
+    ]
+    t = summary['adaptation_s']
+    lines += [
+        '', f'Adaptation after the measurements: {t["total"]:.1f} s on the host '
+        f'(choice: leave-one-out of {len(names)} strategies on all {summary["curve"][-1]["rows"]} '
+        f'rows, {t["choice"]:.1f} s; the chosen one\'s final fit'
+        f'{", distillation" if d else ""} and save, {t["final_fit"]:.1f} s). The learning curve\'s '
+        'other points are for this report and are not part of it.'
     ]
     ev = summary['evaluation']
     if ev:

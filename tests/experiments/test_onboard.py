@@ -21,6 +21,7 @@ from ofa_jax import counts
 from ofa_jax import csvio
 from ofa_jax import space
 from predictors import checkpoint
+from predictors import work_linear
 from predictors import zoo as zoo_lib
 
 
@@ -134,10 +135,28 @@ class OnboardTest(parameterized.TestCase):
         with open(os.path.join(work, 'onboard.json')) as f:
             self.assertEqual(json.load(f)['chosen'], out['chosen'])
 
+        t = out['adaptation_s']
+        self.assertAlmostEqual(t['total'], t['choice'] + t['final_fit'])
+        self.assertGreater(t['final_fit'], 0.0)
+        self.assertIn('Adaptation after the measurements', md)
+
         again = onboard_job.run(tiny_config(self.zoo_dir), work)
         self.assertEqual((again['measured_now'], again['already_done']), (0, 6))
         self.assertEqual(again['shot_keys'], out['shot_keys'])  # Same plan, same rows.
         self.assertEqual(again['chosen'], out['chosen'])
+
+        # The work model alone, on the rows already in the store: its checkpoint
+        # is the closed-form fit of those rows.
+        c = tiny_config(self.zoo_dir)
+        c.strategies = ('work',)
+        c.store = os.path.join(work, 'latency.sqlite')
+        only = onboard_job.run(c, os.path.join(self.folder, 'work_only'))
+        self.assertEqual((only['chosen'], only['measured_now']), ('work', 0))
+        self.assertEqual(only['adapt_keys'], out['adapt_keys'])
+        adapt = space.stack([space.from_key(k) for k in out['adapt_keys']])
+        direct = work_linear.fit(adapt, out['adapt_ms'], batch=1, width=1.2)
+        loaded = checkpoint.load(os.path.join(self.folder, 'work_only', 'checkpoint'))
+        np.testing.assert_allclose(np.asarray(loaded(archs)), direct(archs), rtol=1e-4)
 
     def test_shots_are_a_prefix_and_spread(self):
         pool = space.sample_np(np.random.default_rng(1), 300, resolutions=(128, 160, 224))
