@@ -115,7 +115,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 4-5. Search at each budget with every estimator, then measure what was found.
     c.budgets_ms = ml_collections.FieldReference((), field_type=tuple)  # () = auto
     c.search = search.get_config()
-    _tie(c.search, c, ('width', 'resolutions', 'device', 'dtype', 'depthwise', 'num_classes'))
+    _tie(c.search, c,
+         ('width', 'resolutions', 'device', 'dtype', 'depthwise', 'num_classes', 'progress'))
     for name in c.protocol:
         c.search.protocol[name] = c.protocol.get_ref(name)
     c.search.verify_batch = c.get_ref('batch')

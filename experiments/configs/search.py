@@ -98,4 +98,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_classes = 1000
     c.depthwise = 'auto'
     c.protocol = measure_latency.protocol_config()
+    c.progress = True  # a progress line while the picks are measured
     return c

@@ -624,6 +624,7 @@ def measure_rows(archs: list[space.Arch], config: ml_collections.ConfigDict) -> 
                     device_id=fid,
                     gauge=gauge if protocol.paired else None,
                     provenance={'source': f'search verify {config.latency}'},
+                    progress=bool(config.progress),
                     **net)
             ]
     gauge = None
@@ -635,8 +636,12 @@ def measure_rows(archs: list[space.Arch], config: ml_collections.ConfigDict) -> 
                                     num_classes=net['num_classes'],
                                     depthwise=net['depthwise'])
     return [
-        float(v)
-        for v in gauges.measure_archs(archs, device=device, protocol=protocol, gauge=gauge, **net)
+        float(v) for v in gauges.measure_archs(archs,
+                                               device=device,
+                                               protocol=protocol,
+                                               gauge=gauge,
+                                               progress=bool(config.progress),
+                                               **net)
     ]
 
 

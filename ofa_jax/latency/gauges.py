@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ofa_jax import depthwise as dw
+from ofa_jax import progress as progress_lib
 from ofa_jax import space
 from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import measure
@@ -94,7 +95,8 @@ def measure_archs(archs: Sequence[space.Arch],
                   store: store_lib.LatencyStore | None = None,
                   device_id: str = '',
                   gauge: measure.Gauge | None = None,
-                  provenance: Mapping[str, Any] | None = None) -> list[float]:
+                  provenance: Mapping[str, Any] | None = None,
+                  progress: bool = False) -> list[float]:
     """The measured latency (ms) of each arch on ``device``, through one path.
 
     This is how every job verifies what a search found. With a ``store``, a
@@ -113,6 +115,8 @@ def measure_archs(archs: Sequence[space.Arch],
       device_id: the device's fingerprint id in ``store`` (required with it).
       gauge: the reference network of a paired protocol.
       provenance: recorded with every new row.
+      progress: a progress line on stderr over the archs to measure (those
+        not already stored), one update per arch.
 
     Returns:
       latency in ms, one per arch, in order.
@@ -133,6 +137,8 @@ def measure_archs(archs: Sequence[space.Arch],
                                  width=width,
                                  num_classes=num_classes,
                                  depthwise=depthwise)
+    todo = {space.arch_key(a) for a in archs} - set(cache)
+    bar = progress_lib.Progress(len(todo), enabled=progress and bool(todo))
     out = []
     for arch in archs:
         arch_key = space.arch_key(arch)
@@ -151,5 +157,7 @@ def measure_archs(archs: Sequence[space.Arch],
                                depthwise)
                 store.add_result(key, result, provenance=dict(provenance or {}))
             cache[arch_key] = result.latency_ms
+            bar.update(f'r{int(arch.resolution)} {result.latency_ms:.2f}ms')
         out.append(cache[arch_key])
+    bar.close()
     return out

@@ -1,5 +1,7 @@
 """The search job (experiments/search.py) on OFA's Note10 LUT when it is present."""
 
+import contextlib
+import io
 import json
 import os
 
@@ -74,13 +76,17 @@ class ExperimentTest(absltest.TestCase):
         store_path = os.path.join(tmp, 'lat.sqlite')
         with store_lib.LatencyStore(store_path) as store:
             self.assertEqual(store.meta_items('gauge_baseline_ms/'), [])
-        out = experiment.run(
-            self._config(latency=_LUT_DIR,
-                         budgets_ms=(15.0,),
-                         resolutions=(160,),
-                         verify=True,
-                         closed_loop=False,
-                         verify_store=store_path), tmp)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            out = experiment.run(
+                self._config(latency=_LUT_DIR,
+                             budgets_ms=(15.0,),
+                             resolutions=(160,),
+                             verify=True,
+                             closed_loop=False,
+                             verify_store=store_path), tmp)
+        # The pick's measurement shows a progress line.
+        self.assertRegex(err.getvalue(), r'\] 1/1 100.0% .* r160 [0-9.]+ms')
         (row,) = out['results']
         self.assertTrue(row['measured_protocol'].startswith('p-'))
         self.assertGreater(row['measured_ms'], 0.0)
