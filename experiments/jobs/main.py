@@ -253,13 +253,14 @@ def onboard_estimator(o_summary: dict[str, Any], test_archs: space.Arch, test_ms
     """The onboarded checkpoint scored on the held-out rows of the fits.
 
     Its cost: the device-seconds of the rows it adapted on (reference archs and
-    shots, lower + compile + timing, as the fits' rows are counted) plus the
-    onboarding's own time besides the measurements it made in this run
-    (leave-one-out choice and distillation, as the fits' training time).
+    shots, lower + compile + timing, as the fits' rows are counted) plus its
+    adaptation (the leave-one-out choice and the chosen strategy's final fit,
+    as the fits' training time; the learning curve's other points are left
+    out, they only feed the onboarding's report).
     """
     pred = np.asarray(checkpoint.load(o_summary['checkpoint'])(test_archs), np.float64)
     rows = int(o_summary['references']) + len(o_summary['shot_keys'])
-    adapt_s = max(0.0, float(o_summary['elapsed_s']) - float(o_summary['measured_now_s']))
+    adapt_s = float(o_summary['adaptation_s']['total'])
     est = Estimator(label=f'{ESTIMATOR_LABELS["onboard"]} ({o_summary["chosen"]})',
                     metrics=metrics.all_metrics(pred, test_ms),
                     measurements=rows,
@@ -281,8 +282,8 @@ def onboard_section(o_summary: dict[str, Any] | None, device_id: str) -> dict[st
     if o_summary is None:
         return None
     keep = ('zoo', 'members', 'device_id', 'selection', 'references', 'shots', 'measured_now',
-            'already_done', 'device_s', 'measured_now_s', 'adapt_s', 'elapsed_s', 'chosen',
-            'chosen_cv', 'checkpoint', 'test_overlap', 'shot_keys')
+            'already_done', 'device_s', 'measured_now_s', 'adapt_s', 'adaptation_s', 'elapsed_s',
+            'chosen', 'chosen_cv', 'checkpoint', 'test_overlap', 'shot_keys')
     out = {k: o_summary.get(k) for k in keep}
     out['same_device'] = o_summary['device_id'] == device_id
     return out

@@ -77,14 +77,18 @@ class MainOnboardTest(absltest.TestCase):
         self.assertGreater(info['device_s'], 0.0)
         self.assertGreaterEqual(info['measured_now_s'], 0.0)
         self.assertEqual(info['test_overlap'], 0)
-        self.assertGreater(onboard['cost_minutes'], info['device_s'] / 60.0 - 1e-9)
+        # Its cost: the rows' device-seconds plus the adaptation, as timed by the onboarding.
+        self.assertAlmostEqual(onboard['cost_minutes'],
+                               (info['device_s'] + info['adaptation_s']['total']) / 60.0)
         self.assertIn(f'{info["device_s"]:.1f} device-s', onboard['measurement_kind'])
         # An ordinary checkpoint: searched like the fits.
         self.assertNotEmpty(summary['searches']['onboard']['results'])
         self.assertIn('onboard', summary['stages_s'])
 
         with open(os.path.join(workdir, 'report', 'report.md')) as f:
-            self.assertIn('onboarded from a zoo', f.read())
+            md = f.read()
+        self.assertIn('onboarded from a zoo', md)
+        self.assertIn('The onboarded predictor costs the whole sub-networks it adapted on', md)
         with open(os.path.join(workdir, 'report', 'commands.txt')) as f:
             cmds = f.read().splitlines()
         onboard_cmd = [c for c in cmds if shlex.split(c)[2] == 'experiments.onboard']
