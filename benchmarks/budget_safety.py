@@ -87,7 +87,9 @@ def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict
     measured_plain = {(r['budget_ms'], r['seed']): r for r in points}
     scale = 100.0 if not str(search.get('objective_name', '')).startswith('proxy:') else 1.0
     budgets = []
-    for b in sorted({r['budget_ms'] for r in results}):
+    dropped = [float(np.float32(b)) for b in search.get('dropped_budgets', [])]
+    # The searched budgets, and any dropped one the store still served.
+    for b in sorted({r['budget_ms'] for r in results} | (set(dropped) & set(kept))):
         sel = [r for r in results if r['budget_ms'] == b]
         row = {
             'budget_ms': b,
@@ -119,6 +121,10 @@ def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict
         'final_share': rounds[-1]['share_within_budget'] if rounds else None,
         'rounds': len(rounds),
         'dropped_budgets': search.get('dropped_budgets', []),
+        'unserved_budgets': [b for b in dropped if b not in kept],
+        # What the job returns: per requested budget, a pick that measured within it.
+        'kept_within': sum(1 for b in budgets if b['kept_objective'] is not None),
+        'requested_budgets': len(budgets) + len([b for b in dropped if b not in kept]),
         'error': search.get('error'),
         'budgets': budgets,
         'price_unit': 'points' if scale == 100.0 else 'objective units',
@@ -134,17 +140,19 @@ def table(summary: dict[str, Any], workdir: str = '') -> tuple[list[str], dict[s
         f'{[round(b, 2) for b in summary["budgets_ms"]]} ms, '
         f'{summary["config"]["search"]["seeds"]} seeds per budget.', '',
         '| estimator | constraint | searches | within budget, first measurement | '
-        'after closed loop | rounds | max price vs uncorrected |', '|---|---|---|---|---|---|---|'
+        'after closed loop | rounds | budgets whose returned pick measured within | '
+        'max price vs uncorrected |', '|---|---|---|---|---|---|---|---|'
     ]
     for m, s in out.items():
         if s['error']:
-            lines.append(f'| {m} | not run: {s["error"]} | | | | | |')
+            lines.append(f'| {m} | not run: {s["error"]} | | | | | | |')
             continue
         prices = [b['price'] for b in s['budgets'] if 'price' in b]
         price = f'{max(prices):.2f} {s["price_unit"]}' if prices else 'n/a'
         lines.append(f'| {m} | {s["constraint"]} | {s["searches"]} | '
                      f'{100 * s["first_share"]:.0f}% | {100 * s["final_share"]:.0f}% | '
-                     f'{s["rounds"]} | {price} |')
+                     f'{s["rounds"]} | {s["kept_within"]} of {s["requested_budgets"]} | '
+                     f'{price} |')
     lines += [
         '', '| estimator | budget (ms) | within / searches | kept pick (from) | kept pick '
         'measured (ms) | kept objective | uncorrected objective | uncorrected pick measured '
@@ -162,9 +170,9 @@ def table(summary: dict[str, Any], workdir: str = '') -> tuple[list[str], dict[s
                          f'{fmt(b["uncorrected_objective"])} | {u_txt} | '
                          f'{fmt(b.get("price"), 2)} | {fmt(b.get("reference_objective"))} | '
                          f'{fmt(b.get("vs_reference"), 2)} |')
-        if s['dropped_budgets']:
-            lines.append(f'| {m} | {s["dropped_budgets"]} dropped: below its smallest '
-                         'sub-network |' + ' |' * 9)
+        if s['unserved_budgets']:
+            lines.append(f'| {m} | {s["unserved_budgets"]} dropped: below its smallest '
+                         'sub-network, none measured within |' + ' |' * 9)
     lines += [
         '', 'price: uncorrected objective minus kept objective, where the uncorrected pick '
         '(point estimate as constraint) was not required to measure within budget; "(over)" '
@@ -172,7 +180,11 @@ def table(summary: dict[str, Any], workdir: str = '') -> tuple[list[str], dict[s
         'this device. The model-free reference is the best objective among every sub-network this '
         'job measured on the device (campaign rows and all picks) within the budget; '
         '"kept vs it" > 0 means a measured sub-network that fits scores higher than the kept '
-        'pick.'
+        'pick. Searches (first table): each seed\'s own pick; "budgets whose returned pick '
+        'measured within" counts what the job returns per budget (the best of the seeds\' picks, '
+        'the point estimate\'s picks and the store\'s rows that measured within it), a budget '
+        'the bound dropped as below the smallest sub-network included (0 searches: served '
+        'from the store when a stored row fits).'
     ]
     return lines, out
 

@@ -378,8 +378,7 @@ def measure(config: ml_collections.ConfigDict, plan: Plan, archs: list[space.Arc
                                           gauge=gauge,
                                           provenance=provenance,
                                           **net)[0]
-                progress.update(f'{key.arch_key[:4]} r{space.from_key(key.arch_key).resolution} '
-                                f'{ms:.2f}ms')
+                progress.update(f'r{space.from_key(key.arch_key).resolution} {ms:.2f}ms')
         finally:
             progress.close()
         latency, cost = {}, {}

@@ -307,9 +307,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     smallest = float(np.asarray(bound_fn(_one(space.smallest(min(resolutions)))))[0])
     low = [b for b in budgets if b < smallest]
+    requested = list(budgets)
     if low and config.unreachable == 'drop' and len(low) < len(budgets):
-        print(f'NOTE: budgets {low} ms dropped: below the smallest sub-network\'s latency '
-              f'{smallest:.3f} ms under {bound_desc}')
+        print(f'NOTE: budgets {low} ms dropped from the search: below the smallest '
+              f'sub-network\'s latency {smallest:.3f} ms under {bound_desc}' +
+              ('; a sub-network already measured within one is still returned'
+               if config.verify and config.verify_store and config.store_candidates else ''))
         budgets = [b for b in budgets if b >= smallest]
     elif low:
         raise ConfigError(f'config.budgets_ms: {low} below the smallest sub-network\'s latency '
@@ -377,7 +380,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         rounds.append(_round_summary(0, results, flat))
     stored: list[dict[str, Any]] = []
     if config.verify and config.verify_store and config.store_candidates:
-        stored = store_candidates(config, budgets, objective, latency_fn, resolutions, extra)
+        # Every requested budget: one the bound put below the smallest
+        # sub-network may still hold a row that measured within it.
+        stored = store_candidates(config, requested, objective, latency_fn, resolutions, extra)
     if closed_loop:
         results, more = _close_loop(compiled, seeds, flat, results, objective.name, latency_fn, cal
                                     is not None, config)

@@ -233,6 +233,41 @@ class BudgetSafeSearchTest(absltest.TestCase):
         self.assertEqual(
             search_job.store_candidates(cfg, [11.0], objective, predictor, (224,), None), [])
 
+    def test_a_budget_below_the_bound_is_served_from_the_store(self):
+        # The bound puts the smallest sub-network above 3 ms, but the device
+        # already measured one within it: that budget leaves the search and
+        # still gets a pick, the stored row.
+        cfg = self._config(verify=True,
+                           device='cpu',
+                           depthwise='auto',
+                           num_classes=1000,
+                           budgets_ms=(3.0, 11.0),
+                           unreachable='drop')
+        cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
+        protocol = search_job.cf.protocol(cfg.protocol)
+        device = search_job.cf.device('cpu')
+        depthwise = search_job.cf.depthwise('auto', device)
+        small = space.smallest(160)
+        with store_lib.LatencyStore(cfg.verify_store) as store:
+            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
+            store.add(store_lib.RowKey(fid, space.arch_key(small), 1, 'float32', protocol.name,
+                                       1.2, 1000, depthwise),
+                      2.5,
+                      resolution=160)
+        predictor = checkpoint.load(self.ckpt)
+        original = search_job.measure_rows
+        search_job.measure_rows, _ = self._slow_device(predictor)
+        try:
+            out = search_job.run(cfg, self.create_tempdir().full_path)
+        finally:
+            search_job.measure_rows = original
+        self.assertEqual(out['dropped_budgets'], [3.0])
+        self.assertEqual({r['budget_ms'] for r in out['results']}, {11.0})
+        best = {b['budget_ms']: b for b in out['best']}
+        self.assertEqual(best[3.0]['source'], 'store')
+        self.assertEqual(best[3.0]['arch'], space.to_ofa_dict(small))
+        self.assertEqual(best[3.0]['measured_ms'], 2.5)
+
     def test_closed_loop_gives_up_after_max_rounds_and_says_so(self):
         predictor = checkpoint.load(self.ckpt)
         original = search_job.measure_rows
