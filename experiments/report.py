@@ -393,7 +393,7 @@ def write_report(out_dir: str, summary: Mapping[str, Any], *, workdir: str, arch
         'rows (latency = t0 + a x GFLOP + b x GB, a, b >= 0: predictors.xla_cost); scoring an '
         'arch needs its compile, so it is a yardstick and is not searched.' +
         (' The onboarded predictor costs the whole sub-networks it adapted on (the zoo\'s '
-         'reference archs and its shots) plus its adaptation (the leave-one-out choice and the '
+         'reference archs and its shots) plus its adaptation (the cross-validated choice and the '
          'final fit); the zoo\'s own training on other devices is not counted.'
          if 'onboard' in summary['estimators'] else ''),
         '',

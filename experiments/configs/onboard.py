@@ -11,8 +11,9 @@ With the device's lookup table as one more prior (built here, resumable)::
 Values the measurements and the LUT build must agree on (batch, dtype, width,
 device, store, ...) are set once at the top and tied into ``build_lut``; the
 LUT's resolutions are filled in at run time (those of the onboarding). The
-``distill`` section holds the training fields (:class:`predictors.train.TrainParams`)
-of the additive model a combined adaptation is distilled into.
+``distill`` section says how a combined adaptation becomes one additive
+model: by the table's closed-form least squares (``closed_form``, the default)
+or trained with its :class:`predictors.train.TrainParams` fields.
 """
 
 import dataclasses
@@ -69,8 +70,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune_lr = 1e-4
     c.anchor_weight = 1e-3
 
+    # Folds of the cross-validation that scores the strategies (interleaved rows);
+    # 0 = leave-one-out. With no more rows than folds it is leave-one-out.
+    c.cv_folds = 10
+
     c.distill = ml_collections.ConfigDict(dataclasses.asdict(train_lib.TrainParams()))
     c.distill.archs = 2048  # archs labelled by the chosen adaptation
+    # True: the additive table's least-squares solve on the labelled archs (no
+    # residual MLP, about a second); False: trained with the fields below.
+    c.distill.closed_form = True
     c.distill.max_steps = 2000
     c.distill.eval_every = 100
     return c

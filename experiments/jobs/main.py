@@ -254,7 +254,7 @@ def onboard_estimator(o_summary: dict[str, Any], test_archs: space.Arch, test_ms
 
     Its cost: the device-seconds of the rows it adapted on (reference archs and
     shots, lower + compile + timing, as the fits' rows are counted) plus its
-    adaptation (the leave-one-out choice and the chosen strategy's final fit,
+    adaptation (the cross-validated choice and the chosen strategy's final fit,
     as the fits' training time; the learning curve's other points are left
     out, they only feed the onboarding's report).
     """

@@ -18,13 +18,14 @@
    :func:`experiments.jobs.build_lut.run`, resumable) or reads one
    (``lut_dir``) as a structural prior;
 4. for each point of the learning curve (the references plus the first n
-   shots), cross-validates every strategy leave-one-out on those rows alone,
+   shots), cross-validates every strategy on those rows alone (``cv_folds``
+   interleaved folds, leave-one-out with 0 or few rows),
    and picks the strategy with the lowest CV MAPE at ``n = shots``
    (evaluation rows, ``eval_archs``, are measured last and never read before
    the choice is made);
 5. writes ``WORKDIR/checkpoint`` (an ordinary
    :class:`~predictors.checkpoint.Predictor`, with a split-conformal
-   calibration from the leave-one-out predictions), ``report.md``,
+   calibration from the cross-validated predictions), ``report.md``,
    ``learning_curve.png``, ``onboard.json`` and ``latency.csv``.
 
 Strategies (the adaptations of :mod:`predictors.transfer`):
@@ -99,7 +100,7 @@ from predictors import zoo as zoo_lib
 STRATEGIES = onboard_config.STRATEGIES
 LUT_STRATEGIES = ('lut', 'lut_affine', 'blend')
 SELECTIONS = ('disagreement', 'spread')
-# Fewest rows a leave-one-out point of the learning curve is computed on.
+# Fewest rows a cross-validated point of the learning curve is computed on.
 MIN_CV_ROWS = 3
 
 ConfigError = cf.ConfigError
@@ -140,7 +141,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     cf.one_int('finetune_steps', config.finetune_steps)
     cf.number('finetune_lr', config.finetune_lr, low=0.0, low_open=True)
     cf.number('anchor_weight', config.anchor_weight, low=0.0)
+    cf.one_int('cv_folds', config.cv_folds, minimum=0)
+    if int(config.cv_folds) == 1:
+        raise ConfigError('config.cv_folds: 1; allowed: 0 (leave-one-out) or >= 2')
     cf.one_int('distill.archs', config.distill.archs, minimum=2)
+    cf.choice('distill.closed_form', config.distill.get('closed_form', False), (False, True))
     try:
         train_lib.TrainParams.from_mapping(config.distill)
     except ValueError as e:
@@ -304,7 +309,7 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     if int(config.references) + k < MIN_CV_ROWS:
         raise ConfigError(f'config.shots: {k} with references={config.references}: '
                           f'{int(config.references) + k} rows; allowed: references + shots >= '
-                          f'{MIN_CV_ROWS} (leave-one-out needs rows to fit on)')
+                          f'{MIN_CV_ROWS} (cross-validation needs rows to fit on)')
     return Plan(zoo=zoo,
                 members=members,
                 resolutions=resolutions,
@@ -615,14 +620,26 @@ class Adapter:
                           {'coef': model.to_dict()['coef']})
         raise ValueError(f'strategy: {strategy!r}; allowed: {", ".join(STRATEGIES)}')
 
-    def leave_one_out(self, strategy: str, idx: np.ndarray) -> np.ndarray:
-        """float64[len(idx)]: each row predicted by ``strategy`` fitted on the others."""
+    def cross_val(self, strategy: str, idx: np.ndarray, folds: int = 0) -> np.ndarray:
+        """float64[len(idx)]: each row predicted by ``strategy`` fitted without its fold.
+
+        ``folds`` interleaved folds (row j in fold ``j % folds``); 0, or no more
+        rows than folds, is leave-one-out.
+        """
+        idx = np.asarray(idx)
+        k = len(idx) if not folds or len(idx) <= folds else int(folds)
+        fold = np.arange(len(idx)) % k
         out = np.empty(len(idx))
-        for j in range(len(idx)):
-            f = self.fit(strategy, np.delete(idx, j))
-            one = idx[j:j + 1]
-            out[j] = f.apply(self.archs[one], self.bases.take(one))[0]
+        for f in range(k):
+            held = idx[fold == f]
+            fitted = self.fit(strategy, idx[fold != f])
+            out[fold == f] = fitted.apply(self.archs[held], self.bases.take(held))
         return out
+
+
+def cv_name(folds: int, rows: int) -> str:
+    """How :meth:`Adapter.cross_val` splits ``rows`` rows, in words."""
+    return 'leave-one-out' if not folds or rows <= folds else f'{folds}-fold cross-validation'
 
 
 def distill(fitted: Fitted, adapter: Adapter, pool: space.Arch, pool_bases: Bases,
@@ -633,22 +650,39 @@ def distill(fitted: Fitted, adapter: Adapter, pool: space.Arch, pool_bases: Base
     n_val = max(1, len(pool) // 10)
     tr_archs = space.stack(space.unstack(pool[:-n_val]) + space.unstack(adapter.archs))
     tr_ms = np.concatenate([labels[:-n_val], adapter.y])
-    predictor, result = fit.fit_predictor('additive',
-                                          tr_archs,
-                                          tr_ms,
-                                          pool[-n_val:],
-                                          labels[-n_val:],
-                                          fspec=features.fit_feature_spec(
-                                              tr_archs, width=adapter.fspec.width),
-                                          config=train_lib.TrainParams.from_mapping(config.distill),
-                                          seed=int(config.seed),
-                                          meta=meta)
+    fspec = features.fit_feature_spec(tr_archs, width=adapter.fspec.width)
+    if bool(config.distill.get('closed_form', False)):
+        scale = float(np.mean(tr_ms))
+        table = train_lib.additive_lstsq_init(tr_archs, tr_ms / scale, fspec)
+        predictor = checkpoint.Predictor(
+            model_name='additive',
+            model_kwargs={'residual_hidden': 0},
+            fspec=fspec,
+            norm=train_lib.TargetNorm('scale', 0.0, scale),
+            params={'params': {
+                k: np.asarray(v) for k, v in table.items()
+            }},
+            meta=meta)
+        steps = []
+    else:
+        predictor, result = fit.fit_predictor('additive',
+                                              tr_archs,
+                                              tr_ms,
+                                              pool[-n_val:],
+                                              labels[-n_val:],
+                                              fspec=fspec,
+                                              config=train_lib.TrainParams.from_mapping(
+                                                  config.distill),
+                                              seed=int(config.seed),
+                                              meta=meta)
+        steps = np.asarray(result.steps).tolist()
     fidelity = metrics.all_metrics(np.asarray(predictor(pool[-n_val:]), np.float64),
                                    labels[-n_val:])
     return predictor, {
         'archs': int(len(pool)),
         'held_out': n_val,
-        'steps': np.asarray(result.steps).tolist(),
+        'closed_form': bool(config.distill.get('closed_form', False)),
+        'steps': steps,
         'fidelity_mape': fidelity['mape'],
         'fidelity_rmse_ms': fidelity['rmse_ms'],
     }
@@ -711,7 +745,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if len(idx) >= MIN_CV_ROWS:
             oof_at[n] = {}
             for s in plan.strategies:
-                oof = adapter.leave_one_out(s, idx)
+                oof = adapter.cross_val(s, idx, int(config.cv_folds))
                 oof_at[n][s] = oof
                 point['cv'][s] = _cv_metrics(oof, y[idx])
         point['cv_s'] = time.perf_counter() - t_cv
@@ -720,7 +754,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     final = plan.curve[-1]
     scores = {s: m['mape'] for s, m in curve[-1]['cv'].items() if np.isfinite(m['mape'])}
     chosen = min(plan.strategies, key=lambda s: scores.get(s, np.inf))
-    _log(f'chosen: {chosen} (leave-one-out MAPE {scores[chosen]:.2f}% on {len(y)} rows)')
+    _log(f'chosen: {chosen} ({cv_name(int(config.cv_folds), len(y))} MAPE '
+         f'{scores[chosen]:.2f}% on {len(y)} rows)')
     t_final = time.perf_counter()
     fitted = adapter.fit(chosen, np.arange(len(y)))
     meta = {
@@ -752,7 +787,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     predictor.calibration = conformal.fit(oof,
                                           y,
                                           estimator=f'onboard:{chosen}',
-                                          rows='leave-one-out predictions of the adaptation rows')
+                                          rows='cross-validated predictions of the adaptation '
+                                          'rows')
     ckpt_dir = os.path.join(workdir, 'checkpoint')
     checkpoint.save(predictor, ckpt_dir)
     final_s = time.perf_counter() - t_final
@@ -810,7 +846,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'adapt_keys': keys,
         'adapt_ms': y.tolist(),
         'elapsed_s': time.perf_counter() - t_start,
-        # After the measurements: choosing (leave-one-out of every strategy on
+        # After the measurements: choosing (cross-validation of every strategy on
         # all the rows) plus the chosen one's final fit, distillation and save.
         'adaptation_s': {
             'choice': curve[-1]['cv_s'],
@@ -829,7 +865,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def plot_curve(path: str, curve: list[dict[str, Any]], chosen: str, device: str) -> None:
-    """Leave-one-out MAPE of each strategy against the shots used."""
+    """Cross-validated MAPE of each strategy against the shots used."""
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=110)
     names = sorted({s for p in curve for s in p['cv']})
@@ -838,7 +874,7 @@ def plot_curve(path: str, curve: list[dict[str, Any]], chosen: str, device: str)
         ys = [p['cv'][s]['mape'] for p in curve if s in p['cv']]
         ax.plot(xs, ys, 'o-', lw=2.0 if s == chosen else 1.0, ms=3, label=s)
     ax.set_xlabel('shots measured (besides the reference archs)')
-    ax.set_ylabel('leave-one-out MAPE (%)')
+    ax.set_ylabel('cross-validated MAPE (%)')
     ax.set_yscale('log')
     ax.set_title(f'onboarding {device}: chosen {chosen}', fontsize=9)
     ax.legend(fontsize=7)
@@ -849,6 +885,7 @@ def plot_curve(path: str, curve: list[dict[str, Any]], chosen: str, device: str)
 
 def report(summary: dict[str, Any], config: ml_collections.ConfigDict, workdir: str) -> str:
     """``report.md``: device, measurements, learning curve, choice, checkpoint, evaluation."""
+    folds = int(config.cv_folds)
     lines = [
         f'# Onboarding {summary["device"]} from the zoo {summary["zoo"]}',
         '',
@@ -864,12 +901,16 @@ def report(summary: dict[str, Any], config: ml_collections.ConfigDict, workdir: 
         lines.append(f'- LUT prior: `{summary["lut"]}` ({summary["lut_device_s"]:.1f} '
                      'device-seconds)')
     lines += [
-        '', '## Learning curve (leave-one-out on the measured rows only)', '',
+        '', '## Learning curve (cross-validated on the measured rows only)', '',
         'Each point refits every strategy on the reference archs plus the first n shots, '
-        'leaving one row out at a time; nothing else of the device is read.', '',
+        f'holding out one of {folds} interleaved folds at a time (leave-one-out where a point has '
+        'no more rows than folds); nothing else of the device is read.'
+        if folds else 'Each point refits every strategy on the reference archs plus the first n '
+        'shots, leaving one row out at a time; nothing else of the device is read.', '',
         '![learning curve](learning_curve.png)', ''
     ]
     names = list(summary['strategies'])
+    rows = summary['curve'][-1]['rows']
     lines.append('| shots | rows | device-s | ' + ' | '.join(f'{s} MAPE %' for s in names) + ' |')
     lines.append('|' + '---|' * (3 + len(names)))
     for p in summary['curve']:
@@ -879,14 +920,16 @@ def report(summary: dict[str, Any], config: ml_collections.ConfigDict, workdir: 
     cv = summary['chosen_cv']
     lines += [
         '', '## Chosen adaptation', '',
-        f'**{summary["chosen"]}**: the lowest leave-one-out MAPE at {summary["shots"]} shots '
+        f'**{summary["chosen"]}**: the lowest cross-validated MAPE at {summary["shots"]} shots '
         f'({cv["mape"]:.2f}%, RMSE {cv["rmse_ms"]:.3f} ms, {100 * cv["acc10"]:.0f}% within '
         f'10%). Fitted: `{json.dumps(summary["detail"], default=str)}`.', ''
     ]
     d = summary['distilled']
     if d:
+        how = ('its table solved by least squares' if d.get('closed_form') else 'trained')
         lines.append(f'A combination is not one Predictor: it was distilled into an additive '
-                     f'predictor on {d["archs"]} labelled archs plus the measured rows; fidelity '
+                     f'predictor ({how}) on {d["archs"]} labelled archs plus the measured rows; '
+                     'fidelity '
                      f'to the combination on {d["held_out"]} held-out labelled archs: MAPE '
                      f'{d["fidelity_mape"]:.2f}%, RMSE {d["fidelity_rmse_ms"]:.4f} ms.')
     else:
@@ -895,13 +938,13 @@ def report(summary: dict[str, Any], config: ml_collections.ConfigDict, workdir: 
     lines += [
         '', f'Checkpoint: `{summary["checkpoint"]}` (`predictors.checkpoint.load(...)(archs)`); '
         f'on the measured rows it was fitted on: MAPE {on_rows["mape"]:.2f}%. Its conformal '
-        'bound (`Predictor.upper`) is calibrated on the leave-one-out predictions.'
+        'bound (`Predictor.upper`) is calibrated on the cross-validated predictions.'
     ]
     t = summary['adaptation_s']
     lines += [
         '', f'Adaptation after the measurements: {t["total"]:.1f} s on the host '
-        f'(choice: leave-one-out of {len(names)} strategies on all {summary["curve"][-1]["rows"]} '
-        f'rows, {t["choice"]:.1f} s; the chosen one\'s final fit'
+        f'(choice: {cv_name(folds, rows)} of {len(names)} strategies on all {rows} rows, '
+        f'{t["choice"]:.1f} s; the chosen one\'s final fit'
         f'{", distillation" if d else ""} and save, {t["final_fit"]:.1f} s). The learning curve\'s '
         'other points are for this report and are not part of it.'
     ]

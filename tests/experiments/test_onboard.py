@@ -158,6 +158,23 @@ class OnboardTest(parameterized.TestCase):
         loaded = checkpoint.load(os.path.join(self.folder, 'work_only', 'checkpoint'))
         np.testing.assert_allclose(np.asarray(loaded(archs)), direct(archs), rtol=1e-4)
 
+    def test_cross_validation_folds_cover_every_row_once(self):
+        archs = space.sample_np(np.random.default_rng(2), 23, resolutions=(128,))
+        y = 5.0 + np.asarray(archs.depth).sum(-1).astype(float)
+        bases = onboard_job.Bases(np.stack([y * 1.1, y * 0.8]), None)
+        c = tiny_config(self.zoo_dir)
+        fspec = onboard_job.features.fit_feature_spec(archs, width=1.2)
+        members = zoo_lib.load(self.zoo_dir).members
+        adapter = onboard_job.Adapter(archs, y, bases, members, fspec, c)
+        idx = np.arange(23)
+        # An affine map of a member is exact here, so every held-out row is too.
+        for folds in (0, 5, 30):
+            oof = adapter.cross_val('stack', idx, folds)
+            np.testing.assert_allclose(oof, y, rtol=1e-3)
+        self.assertEqual(onboard_job.cv_name(10, 23), '10-fold cross-validation')
+        self.assertEqual(onboard_job.cv_name(10, 8), 'leave-one-out')
+        self.assertEqual(onboard_job.cv_name(0, 60), 'leave-one-out')
+
     def test_shots_are_a_prefix_and_spread(self):
         pool = space.sample_np(np.random.default_rng(1), 300, resolutions=(128, 160, 224))
         kw = dict(resolutions=(128, 160, 224), width=1.2, num_classes=10)
@@ -186,6 +203,7 @@ class OnboardTest(parameterized.TestCase):
          'allowed: .*fast_batch1, slow_b8'),
         ('zoo', 'zoo', '/nonexistent/zoo', 'config.zoo: /nonexistent/zoo: no such folder'),
         ('pool', 'pool', 0, r'config.pool: \(0,\); allowed: integers >= 1'),
+        ('cv_folds', 'cv_folds', 1, r'config.cv_folds: 1; allowed: 0 \(leave-one-out\) or >= 2'),
     )
     def test_bad_field_names_field_value_and_allowed(self, field, value, message):
         c = tiny_config(self.zoo_dir)
