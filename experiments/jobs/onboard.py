@@ -280,7 +280,7 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     pool = _sample(int(config.seed), int(config.pool), resolutions, seen)
     selection = str(config.selection)
     if selection == 'disagreement' and len(members) >= 2:
-        member_ms = np.stack([np.asarray(m.predictor(pool), np.float64) for m in members])
+        member_ms = member_predictions(members, pool)
         weight = member_disagreement(member_ms)
     else:
         selection = 'spread'
@@ -691,10 +691,32 @@ def distill(fitted: Fitted, adapter: Adapter, pool: space.Arch, pool_bases: Base
 # ---------------------------------------------------------------------------
 # The job.
 
+# Member and LUT predictions are made on batches padded to a whole number of
+# these rows, so each compiles its scorer once: the pool, the adaptation rows,
+# the held-out and the distillation archs would otherwise be four shapes, four
+# compiles each (6.5 s for the distillation's alone with 9 members and a LUT).
+PREDICT_BUCKET = checkpoint.SCORE_CHUNK
+
+
+def _padded(archs: space.Arch) -> space.Arch:
+    """``archs`` padded with copies of the first to a whole number of PREDICT_BUCKET rows."""
+    n = len(archs)
+    pad = -(-n // PREDICT_BUCKET) * PREDICT_BUCKET - n
+    return jax.tree_util.tree_map(
+        lambda v: np.concatenate([np.asarray(v),
+                                  np.repeat(np.asarray(v)[:1], pad, axis=0)]), archs)
+
+
+def member_predictions(members: list[zoo_lib.Member], archs: space.Arch) -> np.ndarray:
+    """float64[M, N]: each member's predicted latency (ms) of a batch of archs."""
+    padded = _padded(archs)
+    return np.stack([np.asarray(m.predictor(padded), np.float64)[:len(archs)] for m in members])
+
 
 def _bases(plan: Plan, table: lut_lib.LookupTable | None, archs: space.Arch) -> Bases:
-    members = np.stack([np.asarray(m.predictor(archs), np.float64) for m in plan.members])
-    lut = None if table is None else np.asarray(table.predict(archs), np.float64)
+    members = member_predictions(plan.members, archs)
+    lut = None if table is None else np.asarray(table.predict(_padded(archs)),
+                                                np.float64)[:len(archs)]
     return Bases(members, lut)
 
 
@@ -744,8 +766,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         t_cv = time.perf_counter()
         if len(idx) >= MIN_CV_ROWS:
             oof_at[n] = {}
+            point['cv_s_by'] = {}
             for s in plan.strategies:
+                t_s = time.perf_counter()
                 oof = adapter.cross_val(s, idx, int(config.cv_folds))
+                point['cv_s_by'][s] = time.perf_counter() - t_s
                 oof_at[n][s] = oof
                 point['cv'][s] = _cv_metrics(oof, y[idx])
         point['cv_s'] = time.perf_counter() - t_cv
@@ -944,7 +969,9 @@ def report(summary: dict[str, Any], config: ml_collections.ConfigDict, workdir: 
     lines += [
         '', f'Adaptation after the measurements: {t["total"]:.1f} s on the host '
         f'(choice: {cv_name(folds, rows)} of {len(names)} strategies on all {rows} rows, '
-        f'{t["choice"]:.1f} s; the chosen one\'s final fit'
+        f'{t["choice"]:.1f} s: ' +
+        ', '.join(f'{k} {v:.1f}' for k, v in summary['curve'][-1].get('cv_s_by', {}).items()) +
+        '; the chosen one\'s final fit'
         f'{", distillation" if d else ""} and save, {t["final_fit"]:.1f} s). The learning curve\'s '
         'other points are for this report and are not part of it.'
     ]
