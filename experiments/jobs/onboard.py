@@ -428,8 +428,14 @@ def lookup_table(config: ml_collections.ConfigDict, plan: Plan,
     else:
         folder = str(config.lut_dir)
         total = float('nan')
+        # A table an onboarding built keeps its total over resumed builds beside it
+        # (a resumed build's provenance.json holds only that run's time).
+        seconds_path = os.path.join(os.path.dirname(os.path.abspath(folder)), 'lut_seconds.json')
         prov = os.path.join(folder, 'provenance.json')
-        if os.path.exists(prov):
+        if os.path.exists(seconds_path):
+            with open(seconds_path) as f:
+                total = float(json.load(f).get('elapsed_s', float('nan')))
+        elif os.path.exists(prov):
             with open(prov) as f:
                 total = float(json.load(f).get('elapsed_s', float('nan')))
     try:

@@ -250,8 +250,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
         small = space.smallest(160)
         with store_lib.LatencyStore(cfg.verify_store) as store:
             fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
-            store.add(store_lib.RowKey(fid, space.arch_key(small), 1, 'float32', protocol.name,
-                                       1.2, 1000, depthwise),
+            store.add(store_lib.RowKey(fid, space.arch_key(small), 1, 'float32', protocol.name, 1.2,
+                                       1000, depthwise),
                       2.5,
                       resolution=160)
         predictor = checkpoint.load(self.ckpt)
