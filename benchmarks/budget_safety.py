@@ -171,8 +171,9 @@ def table(summary: dict[str, Any], workdir: str = '') -> tuple[list[str], dict[s
                          f'{fmt(b.get("price"), 2)} | {fmt(b.get("reference_objective"))} | '
                          f'{fmt(b.get("vs_reference"), 2)} |')
         if s['unserved_budgets']:
-            lines.append(f'| {m} | {s["unserved_budgets"]} dropped: below its smallest '
-                         'sub-network, none measured within |' + ' |' * 9)
+            dropped = ', '.join(f'{b:.2f}' for b in s['unserved_budgets'])
+            lines.append(f'| {m} | {dropped} dropped: below its smallest sub-network under the '
+                         'constraint; no pick returned |' + ' |' * 9)
     lines += [
         '', 'price: uncorrected objective minus kept objective, where the uncorrected pick '
         '(point estimate as constraint) was not required to measure within budget; "(over)" '
