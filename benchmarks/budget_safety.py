@@ -113,6 +113,7 @@ def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict
             if b in kept:
                 row['vs_reference'] = scale * (row['reference_objective'] - kept[b]['objective'])
         budgets.append(row)
+    unserved = [b for b in dropped if b not in kept]
     return {
         'constraint': search.get('constraint'),
         'objective_name': search.get('objective_name'),
@@ -121,10 +122,10 @@ def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict
         'final_share': rounds[-1]['share_within_budget'] if rounds else None,
         'rounds': len(rounds),
         'dropped_budgets': search.get('dropped_budgets', []),
-        'unserved_budgets': [b for b in dropped if b not in kept],
+        'unserved_budgets': unserved,
         # What the job returns: per requested budget, a pick that measured within it.
         'kept_within': sum(1 for b in budgets if b['kept_objective'] is not None),
-        'requested_budgets': len(budgets) + len([b for b in dropped if b not in kept]),
+        'requested_budgets': len(budgets) + len(unserved),
         'error': search.get('error'),
         'budgets': budgets,
         'price_unit': 'points' if scale == 100.0 else 'objective units',

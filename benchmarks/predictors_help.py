@@ -563,7 +563,7 @@ def help_protocol(data: str,
     }
     work_x = work_linear.work_features(table.archs, HELP_BATCH, 1.2)
     work = work_linear.fit(table.archs[refs], ref_ms, batch=HELP_BATCH, x=work_x[refs])
-    preds['work_refs'] = work_x @ np.asarray(work.coef)
+    preds['work_refs'] = work.from_features(work_x)
     measured = np.stack([tables[f].latency_ms for f in parsed['sources']])
     for name, log_space in (('proxy_fit', False), ('proxy_fit_log', True)):
         fit = proxy_fit.proxy_fit(measured[:, refs], ref_ms, log_space=log_space)

@@ -141,7 +141,7 @@ def main(argv):
             idx = np.random.default_rng(seed).permutation(train_rows)[:n]
             preds = {'scratch': np.asarray(_fit(archs, y, idx, fspec, seed=seed)(archs[test_rows]))}
             work = work_linear.fit(archs[idx], y[idx], batch=64, width=1.0, x=work_x[idx])
-            preds['work'] = work_x[test_rows] @ np.asarray(work.coef)
+            preds['work'] = work.from_features(work_x[test_rows])
             for name in priors:
                 f = fitted[name]
                 cal = transfer.affine_fit(f['train'][idx], y[idx])

@@ -78,7 +78,11 @@ class WorkLinear:
 
     def __call__(self, archs: space.Arch) -> np.ndarray:
         """float64[n] predicted latency (ms) of a batch of archs."""
-        return work_features(archs, self.batch, self.width) @ np.asarray(self.coef)
+        return self.from_features(work_features(archs, self.batch, self.width))
+
+    def from_features(self, x: np.ndarray) -> np.ndarray:
+        """float64[n] predicted latency (ms) from precomputed :func:`work_features`."""
+        return np.asarray(x, np.float64) @ np.asarray(self.coef)
 
     def to_dict(self) -> dict:
         """JSON-able form (:func:`from_dict` reads it)."""

@@ -604,13 +604,7 @@ class Adapter:
                 'rescale': ratio
             })
         if strategy == 'shots_only':
-            lin = train_lib.additive_lstsq_init(self.archs[idx], y, self.fspec)
-            params = {'params': {k: np.asarray(v) for k, v in lin.items()}}
-            pred = checkpoint.Predictor(model_name='additive',
-                                        model_kwargs={'residual_hidden': 0},
-                                        fspec=self.fspec,
-                                        norm=train_lib.TargetNorm('scale', 0.0, 1.0),
-                                        params=params)
+            pred = lstsq_predictor(self.archs[idx], y, self.fspec)
             return Fitted(strategy, lambda archs, bases: _eager_predict(pred, archs), pred,
                           {'rows': int(len(idx))})
         if strategy == 'work':
@@ -648,6 +642,27 @@ def cv_name(folds: int, rows: int) -> str:
     return 'leave-one-out' if not folds or rows <= folds else f'{folds}-fold cross-validation'
 
 
+def lstsq_predictor(archs: space.Arch,
+                    latency_ms: np.ndarray,
+                    fspec: features.FeatureSpec,
+                    scale: float = 1.0,
+                    meta: dict[str, Any] | None = None) -> checkpoint.Predictor:
+    """The additive table (no residual MLP) solved by least squares on the rows.
+
+    Fitted on ``latency_ms / scale`` and stored with that scale as its target
+    normalisation (``shots_only``: 1; a distillation: the labels' mean).
+    """
+    table = train_lib.additive_lstsq_init(archs, np.asarray(latency_ms) / scale, fspec)
+    return checkpoint.Predictor(model_name='additive',
+                                model_kwargs={'residual_hidden': 0},
+                                fspec=fspec,
+                                norm=train_lib.TargetNorm('scale', 0.0, scale),
+                                params={'params': {
+                                    k: np.asarray(v) for k, v in table.items()
+                                }},
+                                meta=dict(meta or {}))
+
+
 def distill(fitted: Fitted, adapter: Adapter, pool: space.Arch, pool_bases: Bases,
             config: ml_collections.ConfigDict,
             meta: dict[str, Any]) -> tuple[checkpoint.Predictor, dict[str, Any]]:
@@ -658,17 +673,7 @@ def distill(fitted: Fitted, adapter: Adapter, pool: space.Arch, pool_bases: Base
     tr_ms = np.concatenate([labels[:-n_val], adapter.y])
     fspec = features.fit_feature_spec(tr_archs, width=adapter.fspec.width)
     if bool(config.distill.get('closed_form', False)):
-        scale = float(np.mean(tr_ms))
-        table = train_lib.additive_lstsq_init(tr_archs, tr_ms / scale, fspec)
-        predictor = checkpoint.Predictor(
-            model_name='additive',
-            model_kwargs={'residual_hidden': 0},
-            fspec=fspec,
-            norm=train_lib.TargetNorm('scale', 0.0, scale),
-            params={'params': {
-                k: np.asarray(v) for k, v in table.items()
-            }},
-            meta=meta)
+        predictor = lstsq_predictor(tr_archs, tr_ms, fspec, scale=float(np.mean(tr_ms)), meta=meta)
         steps = []
     else:
         predictor, result = fit.fit_predictor('additive',

@@ -506,7 +506,7 @@ def transfer_predictions(config: ml_collections.ConfigDict,
                                             batch=tgt_batch,
                                             width=width,
                                             x=work_x[rows])
-                    out.append(work_x[eval_rows] @ np.asarray(model.coef))
+                    out.append(model.from_features(work_x[eval_rows]))
                 pred[strat][k] = np.stack(out)
                 continue
             if how in ('affine', 'zero_affine', 'refs'):
