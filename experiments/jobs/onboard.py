@@ -102,6 +102,9 @@ LUT_STRATEGIES = ('lut', 'lut_affine', 'blend')
 SELECTIONS = ('disagreement', 'spread')
 # Fewest rows a cross-validated point of the learning curve is computed on.
 MIN_CV_ROWS = 3
+# A held-out prediction is at least this fraction of the fastest training row
+# (see Adapter.cross_val).
+HELD_OUT_FLOOR = 0.1
 
 ConfigError = cf.ConfigError
 
@@ -624,16 +627,22 @@ class Adapter:
         """float64[len(idx)]: each row predicted by ``strategy`` fitted without its fold.
 
         ``folds`` interleaved folds (row j in fold ``j % folds``); 0, or no more
-        rows than folds, is leave-one-out.
+        rows than folds, is leave-one-out. A held-out prediction is floored at
+        :data:`HELD_OUT_FLOOR` times the fastest latency of its fold's training
+        rows: a strategy fitted on fewer rows than it has coefficients (the
+        work model on a handful of shots) can extrapolate to a latency <= 0,
+        which would have no relative error and could not be calibrated. The
+        floored row still scores an error near 90%, so the choice sees it.
         """
         idx = np.asarray(idx)
         k = len(idx) if not folds or len(idx) <= folds else int(folds)
         fold = np.arange(len(idx)) % k
         out = np.empty(len(idx))
         for f in range(k):
-            held = idx[fold == f]
-            fitted = self.fit(strategy, idx[fold != f])
-            out[fold == f] = fitted.apply(self.archs[held], self.bases.take(held))
+            held, train = idx[fold == f], idx[fold != f]
+            fitted = self.fit(strategy, train)
+            out[fold == f] = np.maximum(fitted.apply(self.archs[held], self.bases.take(held)),
+                                        HELD_OUT_FLOOR * float(self.y[train].min()))
         return out
 
 

@@ -175,6 +175,25 @@ class OnboardTest(parameterized.TestCase):
         self.assertEqual(onboard_job.cv_name(10, 8), 'leave-one-out')
         self.assertEqual(onboard_job.cv_name(0, 60), 'leave-one-out')
 
+    def test_a_held_out_prediction_below_zero_is_floored(self):
+        # Member 0 minus member 1 is the latency on every row but one, where it
+        # is -20 ms: the stack fitted without that row predicts it below zero.
+        archs = space.sample_np(np.random.default_rng(3), 23, resolutions=(128,))
+        y = 5.0 + np.asarray(archs.depth).sum(-1).astype(float)
+        m1 = 3.0 * y
+        m0 = y + m1
+        m0[7], m1[7] = 1.0, 21.0
+        adapter = onboard_job.Adapter(archs, y, onboard_job.Bases(np.stack([m0, m1]), None),
+                                      zoo_lib.load(self.zoo_dir).members,
+                                      onboard_job.features.fit_feature_spec(archs, width=1.2),
+                                      tiny_config(self.zoo_dir))
+        oof = adapter.cross_val('stack', np.arange(23), 5)
+        train = np.arange(23) % 5 != 7 % 5
+        self.assertAlmostEqual(oof[7], onboard_job.HELD_OUT_FLOOR * y[train].min())
+        self.assertTrue(np.all(oof > 0))
+        cal = onboard_job.conformal.fit(oof, y)  # Calibrates, where <= 0 would raise.
+        self.assertEqual(cal.num_rows, 23)
+
     def test_shots_are_a_prefix_and_spread(self):
         pool = space.sample_np(np.random.default_rng(1), 300, resolutions=(128, 160, 224))
         kw = dict(resolutions=(128, 160, 224), width=1.2, num_classes=10)
