@@ -124,7 +124,9 @@ def budget_safety_lines(summary: Mapping[str, Any]) -> list[str]:
         '### Budget safety: the kept pick per budget', '',
         'Each search constrains the estimator\'s split-conformal upper bound (coverage below; '
         'calibrated on held-out rows), measures its picks, and where one measures over budget '
-        'tightens that search and runs it again (`rounds`); the point estimate\'s picks are '
+        'tightens that search and runs it again (`rounds`; a predictor checkpoint is also '
+        'refitted on every row the device measured before each new round); the point '
+        'estimate\'s picks are '
         'measured in the same batch and kept where they measure within budget and score '
         'higher (`rounds`: point estimate), as is the best row of the store that measured '
         'within budget (`rounds`: store). "given up": objective of the '

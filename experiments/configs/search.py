@@ -58,6 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.closed_loop = True
     c.max_rounds = 3
     c.loop_margin = 0.01  # extra tightening per round, a share of the budget
+    # Between rounds, also refit a predictor checkpoint (single member) on every
+    # row the device measured (the store's and the loop's) and search under the
+    # refitted estimate: it learns where its picks measured over budget. A LUT
+    # or an ensemble is not refitted (its constraint is only tightened).
+    c.loop_refit = True
+    c.refit_steps = 300  # Adam steps, full batch, every layer
+    c.refit_lr = 1e-3
+    c.refit_anchor = 1e-4  # L2 weight toward the predictor's own weights
     # Also search on the point estimate (one more compile) to report the objective given up.
     c.compare_uncorrected = True
     # With the closed loop and compare_uncorrected: measure the point estimate's

@@ -49,6 +49,7 @@ from predictors import accuracy
 from predictors import checkpoint
 from predictors import conformal
 from predictors import lut
+from predictors import transfer
 
 ConfigError = cf.ConfigError
 
@@ -146,6 +147,10 @@ def check(config: ml_collections.ConfigDict, workdir: str = '') -> None:
             raise ConfigError(f'config.supernet: {config.supernet} is not a file; allowed: OFA\'s '
                               'ofa_mbv3_d234_e346_k357_w1.2 (.pth) or \'\' for random weights')
     cf.number('loop_margin', config.loop_margin, low=0.0, high=0.5)
+    if config.loop_refit:
+        cf.one_int('refit_steps', config.refit_steps)
+        cf.number('refit_lr', config.refit_lr, low=0.0, low_open=True)
+        cf.number('refit_anchor', config.refit_anchor, low=0.0)
     if config.verify:
         cf.one_int('verify_batch', config.verify_batch)
         cf.dtype(config.dtype)
@@ -336,12 +341,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f'config.{err}') from None
 
-    search = search_lib.make_budget_search(params, objective, bound_fn, extra_constraint=extra)
     seeds, flat = search_lib.grid(
         budgets, range(int(config.seed_offset),
                        int(config.seed_offset) + int(config.seeds)))
+
+    def compile_search(lat_fn: LatencyFn) -> Any:
+        """The budgets x seeds search under ``lat_fn``'s bound, compiled once."""
+        constraint = cal.bound_fn(lat_fn, coverage, spread_fn) if cal is not None else lat_fn
+        search = search_lib.make_budget_search(params,
+                                               objective,
+                                               constraint,
+                                               extra_constraint=extra)
+        return search.lower(seeds, flat).compile()
+
     t0 = time.perf_counter()
-    compiled = search.lower(seeds, flat).compile()
+    compiled = compile_search(latency_fn)
     t1 = time.perf_counter()
     res = jax.block_until_ready(compiled(seeds, flat))
     t2 = time.perf_counter()
@@ -383,9 +397,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         # Every requested budget: one the bound put below the smallest
         # sub-network may still hold a row that measured within it.
         stored = store_candidates(config, requested, objective, latency_fn, resolutions, extra)
+
+    def refit(rows: list[dict[str, Any]]) -> tuple[Any, LatencyFn, dict[str, Any]]:
+        tuned, info = refit_predictor(latency_fn, rows, config)
+        return compile_search(tuned), tuned, info
+
     if closed_loop:
-        results, more = _close_loop(compiled, seeds, flat, results, objective.name, latency_fn, cal
-                                    is not None, config)
+        results, more = _close_loop(compiled,
+                                    seeds,
+                                    flat,
+                                    results,
+                                    objective.name,
+                                    latency_fn,
+                                    cal is not None,
+                                    config,
+                                    refit=refit if refits(config, latency_fn) else None,
+                                    measured_rows=candidates + stored)
         rounds += more
 
     os.makedirs(workdir, exist_ok=True)
@@ -544,33 +571,126 @@ def _round_summary(k: int, results: list[dict[str, Any]], budgets: np.ndarray) -
     }
 
 
-def _close_loop(compiled: Any, seeds: np.ndarray, budgets: np.ndarray, results: list[dict[str,
-                                                                                          Any]],
-                objective_name: str, latency_fn: LatencyFn, bound: bool,
-                config: ml_collections.ConfigDict) -> tuple[list[dict[str, Any]], list]:
-    """Tightens each over-budget search's constraint by its measured excess and searches again.
+def refits(config: ml_collections.ConfigDict, latency_fn: LatencyFn) -> bool:
+    """Whether the closed loop refits ``latency_fn`` on what it measured (``config.loop_refit``).
 
-    Round k > 0 searches every (budget, seed) again with the same compiled
-    program, the constraint of each search whose pick measured over budget
-    scaled by ``budget / measured`` (times ``1 - config.loop_margin``); only
-    the new picks are measured (one batch). A search keeps the first pick that
-    measured within budget; after ``config.max_rounds`` rounds one that never
-    did keeps its last pick with ``within_budget: false``.
+    Only a single-member predictor checkpoint can be refitted; a LUT or an
+    ensemble keeps its estimates and the loop tightens its constraint instead.
+    """
+    return bool(config.loop_refit) and isinstance(latency_fn,
+                                                  checkpoint.Predictor) and not latency_fn.ensemble
+
+
+def refit_rows(rows: list[dict[str, Any]],
+               config: ml_collections.ConfigDict) -> tuple[space.Arch, np.ndarray]:
+    """The rows a refit learns from: this device's store rows and every measured row given.
+
+    With ``verify_store`` that is every sub-network the device measured under
+    the verification's key (the rows the predictor was fitted on among them,
+    so a refit does not forget them); a row measured twice keeps its latest value.
+    """
+    ms: dict[str, float] = {}
+    if config.verify_store:
+        device, net = _verify_net(config)
+        with _verify_store(config) as store:
+            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
+            ms.update(
+                gauges.stored_latencies(store, fid, protocol=cf.protocol(config.protocol), **net))
+    for r in rows:
+        if 'measured_ms' in r:
+            ms[space.arch_key(space.from_ofa_dict(r['arch']))] = float(r['measured_ms'])
+    keys = sorted(ms)
+    return space.stack([space.from_key(k) for k in keys]), np.array([ms[k] for k in keys])
+
+
+def refit_predictor(predictor: checkpoint.Predictor, rows: list[dict[str, Any]],
+                    config: ml_collections.ConfigDict) -> tuple[checkpoint.Predictor, dict]:
+    """``predictor`` fine-tuned (every layer, Adam, anchored to its weights) on :func:`refit_rows`.
+
+    The calibration stays the predictor's: its factor was measured on rows
+    the refit has not seen more of than the original fit had.
+    """
+    archs, ms = refit_rows(rows, config)
+    before = np.asarray(predictor(archs), np.float64)
+    tuned = transfer.finetune(predictor,
+                              jax.tree_util.tree_map(lambda v: np.asarray(v)[None], archs),
+                              ms[None],
+                              mode='full',
+                              steps=int(config.refit_steps),
+                              learning_rate=float(config.refit_lr),
+                              anchor_weight=float(config.refit_anchor))[0]
+    after = np.asarray(tuned(archs), np.float64)
+
+    def mape(p):
+        return float(np.mean(np.abs(p / ms - 1.0)) * 100.0)
+
+    return tuned, {'rows': int(len(ms)), 'mape_before': mape(before), 'mape_after': mape(after)}
+
+
+def _close_loop(
+    compiled: Any,
+    seeds: np.ndarray,
+    budgets: np.ndarray,
+    results: list[dict[str, Any]],
+    objective_name: str,
+    latency_fn: LatencyFn,
+    bound: bool,
+    config: ml_collections.ConfigDict,
+    refit: Callable[[list[dict[str, Any]]], tuple[Any, LatencyFn, dict]] | None = None,
+    measured_rows: list[dict[str, Any]] = ()
+) -> tuple[list[dict[str, Any]], list]:
+    """Searches each over-budget search again, up to ``config.max_rounds`` rounds.
+
+    Round k > 0 searches every (budget, seed) again and measures only the new
+    picks of the searches still open (one batch). A search keeps the first
+    pick that measured within budget; after the last round one that never did
+    keeps its last pick with ``within_budget: false``. Between rounds:
+
+    * each open search's constraint is scaled by ``budget / measured`` (times
+      ``1 - config.loop_margin``): a bias the estimate shows on the picks is
+      taken out of the constraint;
+    * with ``refit`` (a predictor, ``config.loop_refit``), the estimator is also
+      refitted on every row measured so far (the store's and this loop's) and
+      the search recompiled: an estimate wrong in one region (an MLP that
+      rates large sub-networks faster than small ones) learns what its picks
+      there measured, which no scaling of the constraint corrects;
+    * a constraint under which a search found nothing feasible (the bound of
+      every sub-network above it) is not tightened further: the next round
+      tries halfway (geometrically) between it and the last constraint that
+      gave a pick.
+
+    Args:
+      measured_rows: rows measured besides ``results`` (the point estimate's
+        picks, store candidates), for the refit.
     """
     effective = np.asarray(budgets, np.float32).copy()
+    picked_at = effective.copy()  # The constraint under which each search's pick was found.
+    infeasible_at = np.zeros_like(effective)  # The highest constraint that found nothing.
     final = list(results)
+    history = [r for r in list(results) + list(measured_rows) if 'measured_ms' in r]
     summaries = []
     for k in range(1, int(config.max_rounds) + 1):
         open_ = [i for i, r in enumerate(final) if not r['within_budget']]
         if not open_:
             break
+        info = None
+        if refit is not None:
+            compiled, latency_fn, info = refit(history)
+            infeasible_at[:] = 0.0  # A new estimate: what was infeasible may not be now.
         for i in open_:
-            effective[i] *= min(1.0, final[i]['budget_ms'] /
-                                final[i]['measured_ms']) * (1.0 - float(config.loop_margin))
+            e = picked_at[i] * min(1.0, final[i]['budget_ms'] /
+                                   final[i]['measured_ms']) * (1.0 - float(config.loop_margin))
+            if e <= infeasible_at[i]:
+                e = float(np.sqrt(infeasible_at[i] * picked_at[i]))
+            effective[i] = e
         res = jax.device_get(compiled(seeds, effective))
         rows = _rows(res, objective_name, latency_fn, bound=bound)
         picks = [i for i in open_ if rows[i]['feasible']]
-        measured = measure_rows([space.from_ofa_dict(rows[i]['arch']) for i in picks], config)
+        for i in open_:
+            if not rows[i]['feasible']:
+                infeasible_at[i] = max(infeasible_at[i], effective[i])
+        measured = measure_rows([space.from_ofa_dict(rows[i]['arch']) for i in picks],
+                                config) if picks else []
         for i, ms in zip(picks, measured):
             row = dict(rows[i],
                        budget_ms=final[i]['budget_ms'],
@@ -578,7 +698,13 @@ def _close_loop(compiled: Any, seeds: np.ndarray, budgets: np.ndarray, results: 
                        effective_budget_ms=float(effective[i]))
             _mark_measured(row, ms, config)
             final[i] = row
-        summaries.append(_round_summary(k, final, effective))
+            picked_at[i] = effective[i]
+            history.append(row)
+        summary = _round_summary(k, final, effective)
+        summary['infeasible'] = len(open_) - len(picks)
+        if info is not None:
+            summary['refit'] = info
+        summaries.append(summary)
     return final, summaries
 
 

@@ -111,6 +111,12 @@ class BudgetSafeSearchTest(absltest.TestCase):
         # On the point estimate, a 15% slower device puts the first picks over.
         self.assertEqual(rounds[0]['within_budget'], 0)
         self.assertGreaterEqual(len(rounds), 2)
+        # Round 1 searched under the predictor refitted on the rows measured
+        # so far (no store: the picks and point picks of round 0), which it
+        # now predicts closer than before.
+        refit = rounds[1]['refit']
+        self.assertGreaterEqual(refit['rows'], 4)  # At least the 4 picks.
+        self.assertLess(refit['mape_after'], refit['mape_before'])
         self.assertEqual(rounds[-1]['share_within_budget'], 1.0)
         for row in out['results']:
             self.assertTrue(row['within_budget'])
@@ -242,7 +248,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
                            depthwise='auto',
                            num_classes=1000,
                            budgets_ms=(3.0, 11.0),
-                           unreachable='drop')
+                           unreachable='drop',
+                           loop_refit=False)
         cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
         protocol = search_job.cf.protocol(cfg.protocol)
         device = search_job.cf.device('cpu')
@@ -277,13 +284,87 @@ class BudgetSafeSearchTest(absltest.TestCase):
         ]
         try:
             out = search_job.run(
-                self._config(verify=True, uncertainty='none', max_rounds=1, budgets_ms=(11.0,)),
+                self._config(verify=True,
+                             uncertainty='none',
+                             max_rounds=1,
+                             budgets_ms=(11.0,),
+                             loop_refit=False),
                 self.create_tempdir().full_path)
         finally:
             search_job.measure_rows = original
         self.assertLen(out['rounds'], 2)
+        self.assertNotIn('refit', out['rounds'][1])
         self.assertFalse(any(r['within_budget'] for r in out['results']))
         self.assertFalse(out['best'][0]['within_budget'])
+
+    def test_a_constraint_that_finds_nothing_is_backed_off(self):
+        # The first batch measures 10x over (a cold device), so the tightened
+        # constraint is below every sub-network; later batches measure 5% under
+        # the prediction. Tightening further would never find a pick again.
+        predictor = checkpoint.load(self.ckpt)
+        calls = []
+
+        def fake(archs, config):
+            del config
+            factor = 10.0 if not calls else 0.95
+            calls.append(len(archs))
+            return [float(factor * v) for v in np.asarray(predictor(space.stack(archs)))]
+
+        original = search_job.measure_rows
+        search_job.measure_rows = fake
+        try:
+            out = search_job.run(
+                self._config(verify=True,
+                             uncertainty='none',
+                             max_rounds=6,
+                             budgets_ms=(11.0,),
+                             loop_refit=False,
+                             measure_point_picks=False),
+                self.create_tempdir().full_path)
+        finally:
+            search_job.measure_rows = original
+        rounds = out['rounds']
+        self.assertEqual(rounds[1]['infeasible'], 2)  # 1.1 ms: nothing fits.
+        later = [r['effective_budgets_ms'][0] for r in rounds[2:]]
+        self.assertGreater(later[0], rounds[1]['effective_budgets_ms'][0])  # Backed off.
+        for row in out['results']:
+            self.assertTrue(row['within_budget'])
+            self.assertLess(row['effective_budget_ms'], 11.0)
+
+    def test_refit_rows_merge_the_store_and_the_measured_rows(self):
+        cfg = self._config(verify=True, device='cpu', depthwise='auto', num_classes=1000)
+        cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
+        protocol = search_job.cf.protocol(cfg.protocol)
+        device = search_job.cf.device('cpu')
+        depthwise = search_job.cf.depthwise('auto', device)
+        archs = space.unstack(space.sample_np(np.random.default_rng(4), 3, resolutions=(160,)))
+        with store_lib.LatencyStore(cfg.verify_store) as store:
+            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
+            for i, a in enumerate(archs[:2]):
+                store.add(store_lib.RowKey(fid, space.arch_key(a), 1, 'float32', protocol.name, 1.2,
+                                           1000, depthwise),
+                          5.0 + i,
+                          resolution=160)
+        rows = [{
+            'arch': space.to_ofa_dict(archs[1]),
+            'measured_ms': 7.5
+        }, {
+            'arch': space.to_ofa_dict(archs[2]),
+            'measured_ms': 8.0
+        }, {
+            'arch': space.to_ofa_dict(archs[0])
+        }]  # Not measured: not a row.
+        got, ms = search_job.refit_rows(rows, cfg)
+        by_key = dict(zip(map(space.arch_key, space.unstack(got)), ms))
+        self.assertEqual(by_key, {
+            space.arch_key(archs[0]): 5.0,
+            space.arch_key(archs[1]): 7.5,
+            space.arch_key(archs[2]): 8.0
+        })
+        tuned, info = search_job.refit_predictor(checkpoint.load(self.ckpt), rows, cfg)
+        self.assertEqual(info['rows'], 3)
+        self.assertLess(info['mape_after'], info['mape_before'])
+        np.testing.assert_allclose(np.asarray(tuned(got)), ms, rtol=0.05)
 
     def test_drop_searches_the_budgets_that_can_be_met(self):
         out = search_job.run(self._config(budgets_ms=(1.0, 9.0), unreachable='drop', seeds=1),
