@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     # or an ensemble is not refitted (its constraint is only tightened).
     c.loop_refit = True
     c.refit_steps = 300  # Adam steps, full batch, every layer
+    c.refit_min_rows = 50  # fewer measured rows (no store, say): tighten only
     c.refit_lr = 1e-3
     c.refit_anchor = 1e-4  # L2 weight toward the predictor's own weights
     # Also search on the point estimate (one more compile) to report the objective given up.

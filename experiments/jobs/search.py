@@ -149,6 +149,7 @@ def check(config: ml_collections.ConfigDict, workdir: str = '') -> None:
     cf.number('loop_margin', config.loop_margin, low=0.0, high=0.5)
     if config.loop_refit:
         cf.one_int('refit_steps', config.refit_steps)
+        cf.one_int('refit_min_rows', config.refit_min_rows)
         cf.number('refit_lr', config.refit_lr, low=0.0, low_open=True)
         cf.number('refit_anchor', config.refit_anchor, low=0.0)
     if config.verify:
@@ -398,8 +399,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         # sub-network may still hold a row that measured within it.
         stored = store_candidates(config, requested, objective, latency_fn, resolutions, extra)
 
-    def refit(rows: list[dict[str, Any]]) -> tuple[Any, LatencyFn, dict[str, Any]]:
-        tuned, info = refit_predictor(latency_fn, rows, config)
+    def refit(rows: list[dict[str, Any]]) -> tuple[Any, LatencyFn, dict[str, Any]] | None:
+        archs, ms = refit_rows(rows, config)
+        if len(ms) < int(config.refit_min_rows):
+            print(f'NOTE: no refit: {len(ms)} measured rows, fewer than '
+                  f'config.refit_min_rows={config.refit_min_rows}; the constraint is tightened')
+            return None
+        tuned, info = refit_predictor(latency_fn, archs, ms, config)
         return compile_search(tuned), tuned, info
 
     if closed_loop:
@@ -603,14 +609,12 @@ def refit_rows(rows: list[dict[str, Any]],
     return space.stack([space.from_key(k) for k in keys]), np.array([ms[k] for k in keys])
 
 
-def refit_predictor(predictor: checkpoint.Predictor, rows: list[dict[str, Any]],
+def refit_predictor(predictor: checkpoint.Predictor, archs: space.Arch, ms: np.ndarray,
                     config: ml_collections.ConfigDict) -> tuple[checkpoint.Predictor, dict]:
-    """``predictor`` fine-tuned (every layer, Adam, anchored to its weights) on :func:`refit_rows`.
+    """``predictor`` fine-tuned (every layer, Adam, anchored to its weights) on measured rows.
 
-    The calibration stays the predictor's: its factor was measured on rows
-    the refit has not seen more of than the original fit had.
+    The rows are :func:`refit_rows`'. The calibration stays the predictor's.
     """
-    archs, ms = refit_rows(rows, config)
     before = np.asarray(predictor(archs), np.float64)
     tuned = transfer.finetune(predictor,
                               jax.tree_util.tree_map(lambda v: np.asarray(v)[None], archs),
@@ -646,14 +650,19 @@ def _close_loop(
     pick that measured within budget; after the last round one that never did
     keeps its last pick with ``within_budget: false``. Between rounds:
 
-    * each open search's constraint is scaled by ``budget / measured`` (times
-      ``1 - config.loop_margin``): a bias the estimate shows on the picks is
-      taken out of the constraint;
-    * with ``refit`` (a predictor, ``config.loop_refit``), the estimator is also
+    * with ``refit`` (a predictor, ``config.loop_refit``), the estimator is
       refitted on every row measured so far (the store's and this loop's) and
       the search recompiled: an estimate wrong in one region (an MLP that
       rates large sub-networks faster than small ones) learns what its picks
-      there measured, which no scaling of the constraint corrects;
+      there measured, which no scaling of the constraint corrects. Not with
+      fewer than ``config.refit_min_rows`` rows: fine-tuned on a handful of
+      picks, a predictor learns those archs and none of the device's bias,
+      and the next picks are underrated as much;
+    * each open search's constraint is scaled by ``budget / measured`` (times
+      ``1 - config.loop_margin``), the bias the estimate showed on its pick,
+      less what the refit learnt of it: times ``refitted / previous``
+      estimate of that pick, at most the budget. Without a refit that is the
+      whole bias; a refit that learnt the pick's latency leaves only the margin;
     * a constraint under which a search found nothing feasible (the bound of
       every sub-network above it) is not tightened further: the next round
       tries halfway (geometrically) between it and the last constraint that
@@ -674,13 +683,20 @@ def _close_loop(
         if not open_:
             break
         info = None
-        if refit is not None:
-            compiled, latency_fn, info = refit(history)
+        learnt = np.ones(len(final))  # How much higher the estimate now puts each pick.
+        refitted = refit(history) if refit is not None else None
+        if refitted is not None:
+            before = np.array([final[i]['latency_ms'] for i in open_])
+            compiled, latency_fn, info = refitted
+            after = np.asarray(
+                latency_fn(space.stack([space.from_ofa_dict(final[i]['arch']) for i in open_])))
+            learnt[open_] = after / before
             infeasible_at[:] = 0.0  # A new estimate: what was infeasible may not be now.
         for i in open_:
-            e = picked_at[i] * min(1.0, final[i]['budget_ms'] /
-                                   final[i]['measured_ms']) * (1.0 - float(config.loop_margin))
-            if e <= infeasible_at[i]:
+            b = final[i]['budget_ms']
+            e = min(b, picked_at[i] * b / final[i]['measured_ms'] *
+                    learnt[i]) * (1.0 - float(config.loop_margin))
+            if e <= infeasible_at[i] * (1.0 + 1e-6):  # float32 budgets
                 e = float(np.sqrt(infeasible_at[i] * picked_at[i]))
             effective[i] = e
         res = jax.device_get(compiled(seeds, effective))
