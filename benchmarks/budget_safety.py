@@ -121,6 +121,7 @@ def estimator_summary(search: dict[str, Any], reference: Reference = ()) -> dict
         'first_share': rounds[0]['share_within_budget'] if rounds else None,
         'final_share': rounds[-1]['share_within_budget'] if rounds else None,
         'rounds': len(rounds),
+        'refits': [r['refit'] for r in rounds if 'refit' in r],
         'dropped_budgets': search.get('dropped_budgets', []),
         'unserved_budgets': unserved,
         # What the job returns: per requested budget, a pick that measured within it.
@@ -141,18 +142,21 @@ def table(summary: dict[str, Any], workdir: str = '') -> tuple[list[str], dict[s
         f'{[round(b, 2) for b in summary["budgets_ms"]]} ms, '
         f'{summary["config"]["search"]["seeds"]} seeds per budget.', '',
         '| estimator | constraint | searches | within budget, first measurement | '
-        'after closed loop | rounds | budgets whose returned pick measured within | '
-        'max price vs uncorrected |', '|---|---|---|---|---|---|---|---|'
+        'after closed loop | rounds | refits (rows, MAPE on them before -> after) | budgets '
+        'whose returned pick measured within | max price vs uncorrected |',
+        '|---|---|---|---|---|---|---|---|---|'
     ]
     for m, s in out.items():
         if s['error']:
-            lines.append(f'| {m} | not run: {s["error"]} | | | | | | |')
+            lines.append(f'| {m} | not run: {s["error"]} | | | | | | | |')
             continue
         prices = [b['price'] for b in s['budgets'] if 'price' in b]
         price = f'{max(prices):.2f} {s["price_unit"]}' if prices else 'n/a'
+        refits = '; '.join(f'{r["rows"]}, {r["mape_before"]:.1f}% -> {r["mape_after"]:.1f}%'
+                           for r in s['refits']) or '-'
         lines.append(f'| {m} | {s["constraint"]} | {s["searches"]} | '
                      f'{100 * s["first_share"]:.0f}% | {100 * s["final_share"]:.0f}% | '
-                     f'{s["rounds"]} | {s["kept_within"]} of {s["requested_budgets"]} | '
+                     f'{s["rounds"]} | {refits} | {s["kept_within"]} of {s["requested_budgets"]} | '
                      f'{price} |')
     lines += [
         '', '| estimator | budget (ms) | within / searches | kept pick (from) | kept pick '

@@ -364,6 +364,10 @@ class BudgetSafeSearchTest(absltest.TestCase):
         self.assertEqual(refit['rows'], 64)  # The store's 60 and round 0's 4 picks.
         self.assertLess(refit['mape_after'], refit['mape_before'] / 2)
         self.assertEqual(rounds[-1]['share_within_budget'], 1.0)
+        # The refitted predictor is kept, without the original's calibration.
+        kept = checkpoint.load(refit['checkpoint'])
+        self.assertIsNone(kept.calibration)
+        self.assertEqual(kept.meta['refit']['rows'], 64)
 
     def test_refit_rows_merge_the_store_and_the_measured_rows(self):
         cfg = self._config(verify=True, device='cpu', depthwise='auto', num_classes=1000)
