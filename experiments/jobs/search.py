@@ -590,7 +590,7 @@ def refits(config: ml_collections.ConfigDict, latency_fn: LatencyFn) -> bool:
     """Whether the closed loop refits ``latency_fn`` on what it measured (``config.loop_refit``).
 
     Only a single-member predictor checkpoint can be refitted; a LUT or an
-    ensemble keeps its estimates and the loop tightens its constraint instead.
+    ensemble keeps its estimates and the loop only tightens its constraint.
     """
     return bool(config.loop_refit) and isinstance(latency_fn,
                                                   checkpoint.Predictor) and not latency_fn.ensemble
@@ -622,7 +622,8 @@ def refit_predictor(predictor: checkpoint.Predictor, archs: space.Arch, ms: np.n
                     config: ml_collections.ConfigDict) -> tuple[checkpoint.Predictor, dict]:
     """``predictor`` fine-tuned (every layer, Adam, anchored to its weights) on measured rows.
 
-    The rows are :func:`refit_rows`'. The calibration stays the predictor's.
+    The rows are :func:`refit_rows`'. The calibration stays the predictor's
+    (the loop's constraint keeps its factor; the measurements check it).
     """
     before = np.asarray(predictor(archs), np.float64)
     tuned = transfer.finetune(predictor,
