@@ -631,8 +631,8 @@ class Adapter:
         :data:`HELD_OUT_FLOOR` times the fastest latency of its fold's training
         rows: a strategy fitted on fewer rows than it has coefficients (the
         work model on a handful of shots) can extrapolate to a latency <= 0,
-        which would have no relative error and could not be calibrated. The
-        floored row still scores an error near 90%, so the choice sees it.
+        which has no log ratio to calibrate on. The floored row still scores
+        an error near 90%, so the choice sees it.
         """
         idx = np.asarray(idx)
         k = len(idx) if not folds or len(idx) <= folds else int(folds)
