@@ -69,6 +69,19 @@ class BudgetSafeSearchTest(absltest.TestCase):
 
         return fake, calls
 
+    def _store(self, cfg, rows, batch=1):
+        """Writes ``(arch, ms)`` rows under the verification's key into ``cfg.verify_store``."""
+        protocol = search_job.cf.protocol(cfg.protocol)
+        device = search_job.cf.device('cpu')
+        depthwise = search_job.cf.depthwise('auto', device)
+        with store_lib.LatencyStore(cfg.verify_store) as store:
+            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
+            for a, ms in rows:
+                store.add(store_lib.RowKey(fid, space.arch_key(a), batch, 'float32', protocol.name,
+                                           1.2, 1000, depthwise),
+                          float(ms),
+                          resolution=int(a.resolution))
+
     def test_fit_job_writes_a_calibration_with_test_coverage(self):
         cov = self.fit['conformal']
         self.assertEqual(cov['calibration_rows'], 23)  # the validation rows, 105..127 of 150
@@ -203,21 +216,10 @@ class BudgetSafeSearchTest(absltest.TestCase):
     def test_store_rows_within_budget_are_candidates(self):
         cfg = self._config(verify=True, device='cpu', depthwise='auto', num_classes=1000)
         cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
-        protocol = search_job.cf.protocol(cfg.protocol)
-        device = search_job.cf.device('cpu')
-        depthwise = search_job.cf.depthwise('auto', device)
         archs = space.unstack(space.sample_np(np.random.default_rng(3), 12, resolutions=(160, 192)))
-        with store_lib.LatencyStore(cfg.verify_store) as store:
-            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
-            for i, a in enumerate(archs):
-                key = store_lib.RowKey(fid, space.arch_key(a), 1, 'float32', protocol.name, 1.2,
-                                       1000, depthwise)
-                store.add(key, 8.0 + 0.5 * i, resolution=int(a.resolution))
-            # Another batch size is another key: never a candidate.
-            store.add(store_lib.RowKey(fid, space.arch_key(space.largest(160)), 64, 'float32',
-                                       protocol.name, 1.2, 1000, depthwise),
-                      1.0,
-                      resolution=160)
+        self._store(cfg, [(a, 8.0 + 0.5 * i) for i, a in enumerate(archs)])
+        # Another batch size is another key: never a candidate.
+        self._store(cfg, [(space.largest(160), 1.0)], batch=64)
         objective = search_job.load_objective('', 1.2)
         predictor = checkpoint.load(self.ckpt)
         got = search_job.store_candidates(cfg, [9.0, 11.0001, 1.0], objective, predictor,
@@ -248,16 +250,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
                            unreachable='drop',
                            loop_refit=False)
         cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
-        protocol = search_job.cf.protocol(cfg.protocol)
-        device = search_job.cf.device('cpu')
-        depthwise = search_job.cf.depthwise('auto', device)
         small = space.smallest(160)
-        with store_lib.LatencyStore(cfg.verify_store) as store:
-            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
-            store.add(store_lib.RowKey(fid, space.arch_key(small), 1, 'float32', protocol.name, 1.2,
-                                       1000, depthwise),
-                      2.5,
-                      resolution=160)
+        self._store(cfg, [(small, 2.5)])
         predictor = checkpoint.load(self.ckpt)
         original = search_job.measure_rows
         search_job.measure_rows, _ = self._slow_device(predictor)
@@ -339,19 +333,9 @@ class BudgetSafeSearchTest(absltest.TestCase):
                            uncertainty='none',
                            measure_point_picks=False)
         cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
-        protocol = search_job.cf.protocol(cfg.protocol)
-        device = search_job.cf.device('cpu')
-        depthwise = search_job.cf.depthwise('auto', device)
         predictor = checkpoint.load(self.ckpt)
         archs = space.sample_np(np.random.default_rng(5), 60, resolutions=(160, 192))
-        slow = SLOWER * np.asarray(predictor(archs), np.float64)
-        with store_lib.LatencyStore(cfg.verify_store) as store:
-            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
-            for a, ms in zip(space.unstack(archs), slow):
-                store.add(store_lib.RowKey(fid, space.arch_key(a), 1, 'float32', protocol.name, 1.2,
-                                           1000, depthwise),
-                          float(ms),
-                          resolution=int(a.resolution))
+        self._store(cfg, zip(space.unstack(archs), SLOWER * np.asarray(predictor(archs))))
         original = search_job.measure_rows
         search_job.measure_rows, _ = self._slow_device(predictor)
         try:
@@ -372,17 +356,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
     def test_refit_rows_merge_the_store_and_the_measured_rows(self):
         cfg = self._config(verify=True, device='cpu', depthwise='auto', num_classes=1000)
         cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
-        protocol = search_job.cf.protocol(cfg.protocol)
-        device = search_job.cf.device('cpu')
-        depthwise = search_job.cf.depthwise('auto', device)
         archs = space.unstack(space.sample_np(np.random.default_rng(4), 3, resolutions=(160,)))
-        with store_lib.LatencyStore(cfg.verify_store) as store:
-            fid = store.add_device(fp_lib.fingerprint(device, microbenchmarks=False))
-            for i, a in enumerate(archs[:2]):
-                store.add(store_lib.RowKey(fid, space.arch_key(a), 1, 'float32', protocol.name, 1.2,
-                                           1000, depthwise),
-                          5.0 + i,
-                          resolution=160)
+        self._store(cfg, [(archs[0], 5.0), (archs[1], 6.0)])
         rows = [{
             'arch': space.to_ofa_dict(archs[1]),
             'measured_ms': 7.5
