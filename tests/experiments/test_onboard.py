@@ -10,6 +10,7 @@ import shutil
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import numpy as np
 
 from experiments import config_fields as cf
@@ -21,6 +22,7 @@ from ofa_jax import counts
 from ofa_jax import csvio
 from ofa_jax import space
 from predictors import checkpoint
+from predictors import transfer
 from predictors import work_linear
 from predictors import zoo as zoo_lib
 
@@ -62,7 +64,7 @@ def tiny_config(zoo_dir):
     c.progress = False
     c.protocol.update(warmup=1, repeats=3, min_time=0.0, number=1, paired=False)
     c.curve = (2,)
-    c.strategies = ('stack', 'affine', 'shots_only')  # finetune: one compile per fold
+    c.strategies = ('stack', 'affine', 'shots_only')  # finetune: seconds of compile
     c.finetune_steps = 5
     c.distill.archs = 64
     c.distill.max_steps = 20
@@ -174,6 +176,35 @@ class OnboardTest(parameterized.TestCase):
         self.assertEqual(onboard_job.cv_name(10, 23), '10-fold cross-validation')
         self.assertEqual(onboard_job.cv_name(10, 8), 'leave-one-out')
         self.assertEqual(onboard_job.cv_name(0, 60), 'leave-one-out')
+
+    def test_fine_tunes_of_17_to_32_rows_share_one_compile_and_padding_is_not_learnt(self):
+        archs = space.sample_np(np.random.default_rng(4), 20, resolutions=(128,))
+        member = zoo_lib.load(self.zoo_dir).members[0].predictor
+        y = np.asarray(member(archs)) * (1.3 + 0.02 * np.asarray(archs.depth).sum(-1))
+        batched = jax.tree_util.tree_map(lambda v: np.asarray(v)[None], archs)
+
+        def tune(n, weights=None):
+            rows = jax.tree_util.tree_map(lambda v: v[:, :n], batched)
+            return transfer.finetune(member,
+                                     rows,
+                                     y[None, :n],
+                                     mode='full',
+                                     steps=60,
+                                     learning_rate=1e-2,
+                                     shot_weights=weights)[0]
+
+        compiles = transfer._finetune_batch._cache_size  # pylint: disable=protected-access
+        first = tune(18)
+        compiled = compiles()
+        weighted = tune(20, np.array([[1.0] * 18 + [0.0, 0.0]]))  # Rows 19-20 not learnt.
+        tune(19)
+        self.assertEqual(compiles(), compiled)
+        np.testing.assert_allclose(np.asarray(weighted(archs)), np.asarray(first(archs)), rtol=1e-4)
+        # The fine-tune moved the predictions: the check above is not of the base.
+        moved = np.asarray(first(archs)) / np.asarray(member(archs)) - 1.0
+        self.assertGreater(np.max(np.abs(moved)), 0.05)
+        with self.assertRaisesRegex(ValueError, r'shot_weights: shape \(1, 18\)'):
+            tune(18, np.zeros((1, 18)))  # Nothing to learn.
 
     def test_a_held_out_prediction_below_zero_is_floored(self):
         # Member 0 minus member 1 is the latency on every row but one, where it
