@@ -689,13 +689,18 @@ def _close_loop(
     infeasible_at = np.zeros_like(effective)  # The highest constraint that found nothing.
     final = list(results)
     history = [r for r in list(results) + list(measured_rows) if 'measured_ms' in r]
+    refitted_on = -1  # len(history) at the last refit.
     summaries = []
     for k in range(1, int(config.max_rounds) + 1):
         open_ = [i for i, r in enumerate(final) if not r['within_budget']]
         if not open_:
             break
         info = None
-        refitted = refit(history) if refit is not None else None
+        # A round that measured nothing new (every open search infeasible) leaves
+        # the rows, and so the refit, as they were: no second fine-tune and compile.
+        grew = len(history) != refitted_on
+        refitted = refit(history) if refit is not None and grew else None
+        refitted_on = len(history)
         if refitted is not None:
             compiled, latency_fn, info = refitted
             infeasible_at[:] = 0.0  # A new estimate: what was infeasible may not be now.

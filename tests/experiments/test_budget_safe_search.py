@@ -322,6 +322,43 @@ class BudgetSafeSearchTest(absltest.TestCase):
             self.assertTrue(row['within_budget'])
             self.assertLess(row['effective_budget_ms'], 11.0)
 
+    def test_a_round_that_measured_nothing_is_not_refitted_again(self):
+        # As above: round 1's constraint finds nothing, so round 2 has the rows
+        # round 1 was refitted on and nothing more; it must not refit again.
+        predictor = checkpoint.load(self.ckpt)
+        measured, refits = [], []
+
+        def fake(archs, config):
+            del config
+            factor = 10.0 if not measured else 0.95
+            measured.append(len(archs))
+            return [float(factor * v) for v in np.asarray(predictor(space.stack(archs)))]
+
+        def refit(pred, archs, ms, config):
+            del archs, config
+            refits.append(len(ms))
+            return pred, {'rows': len(ms), 'mape_before': 0.0, 'mape_after': 0.0}
+
+        originals = search_job.measure_rows, search_job.refit_predictor
+        search_job.measure_rows, search_job.refit_predictor = fake, refit
+        try:
+            out = search_job.run(
+                self._config(verify=True,
+                             uncertainty='none',
+                             max_rounds=6,
+                             budgets_ms=(11.0,),
+                             refit_min_rows=1,
+                             measure_point_picks=False),
+                self.create_tempdir().full_path)
+        finally:
+            search_job.measure_rows, search_job.refit_predictor = originals
+        rounds = out['rounds']
+        self.assertEqual(rounds[1]['infeasible'], 2)
+        self.assertIn('refit', rounds[1])
+        self.assertNotIn('refit', rounds[2])
+        self.assertEqual(refits, [2])  # Round 0's two picks, refitted on once.
+        self.assertTrue(all(r['within_budget'] for r in out['results']))
+
     def test_the_loop_refits_on_the_store_and_learns_the_device(self):
         # The store holds 60 sub-networks this device measured, 15% slower than
         # predicted: refitted on them and round 0's picks, the predictor learns
