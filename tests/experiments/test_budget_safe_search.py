@@ -69,6 +69,24 @@ class BudgetSafeSearchTest(absltest.TestCase):
 
         return fake, calls
 
+    def _loop_at_11ms(self, **kw):
+        """The search job, closed loop on, point-estimate constraint, one 11 ms budget."""
+        return search_job.run(
+            self._config(verify=True, uncertainty='none', budgets_ms=(11.0,), **kw),
+            self.create_tempdir().full_path)
+
+    def _cold_device(self, predictor):
+        """A stand-in whose first batch measures 10x the prediction, later ones 5% under it."""
+        calls = []
+
+        def fake(archs, config):
+            del config
+            factor = 10.0 if not calls else 0.95
+            calls.append(len(archs))
+            return [float(factor * v) for v in np.asarray(predictor(space.stack(archs)))]
+
+        return fake
+
     def _store(self, cfg, rows, batch=1):
         """Writes ``(arch, ms)`` rows under the verification's key into ``cfg.verify_store``."""
         protocol = search_job.cf.protocol(cfg.protocol)
@@ -274,13 +292,7 @@ class BudgetSafeSearchTest(absltest.TestCase):
             float(3.0 * predictor(space.stack(archs))[i]) for i in range(len(archs))
         ]
         try:
-            out = search_job.run(
-                self._config(verify=True,
-                             uncertainty='none',
-                             max_rounds=1,
-                             budgets_ms=(11.0,),
-                             loop_refit=False),
-                self.create_tempdir().full_path)
+            out = self._loop_at_11ms(max_rounds=1, loop_refit=False)
         finally:
             search_job.measure_rows = original
         self.assertLen(out['rounds'], 2)
@@ -292,26 +304,10 @@ class BudgetSafeSearchTest(absltest.TestCase):
         # The first batch measures 10x over (a cold device), so the tightened
         # constraint is below every sub-network; later batches measure 5% under
         # the prediction. Tightening further would never find a pick again.
-        predictor = checkpoint.load(self.ckpt)
-        calls = []
-
-        def fake(archs, config):
-            del config
-            factor = 10.0 if not calls else 0.95
-            calls.append(len(archs))
-            return [float(factor * v) for v in np.asarray(predictor(space.stack(archs)))]
-
         original = search_job.measure_rows
-        search_job.measure_rows = fake
+        search_job.measure_rows = self._cold_device(checkpoint.load(self.ckpt))
         try:
-            out = search_job.run(
-                self._config(verify=True,
-                             uncertainty='none',
-                             max_rounds=6,
-                             budgets_ms=(11.0,),
-                             loop_refit=False,
-                             measure_point_picks=False),
-                self.create_tempdir().full_path)
+            out = self._loop_at_11ms(max_rounds=6, loop_refit=False, measure_point_picks=False)
         finally:
             search_job.measure_rows = original
         rounds = out['rounds']
@@ -325,14 +321,7 @@ class BudgetSafeSearchTest(absltest.TestCase):
     def test_a_round_that_measured_nothing_is_not_refitted_again(self):
         # As above: round 1's constraint finds nothing, so round 2 has the rows
         # round 1 was refitted on and nothing more; it must not refit again.
-        predictor = checkpoint.load(self.ckpt)
-        measured, refits = [], []
-
-        def fake(archs, config):
-            del config
-            factor = 10.0 if not measured else 0.95
-            measured.append(len(archs))
-            return [float(factor * v) for v in np.asarray(predictor(space.stack(archs)))]
+        refits = []
 
         def refit(pred, archs, ms, config):
             del archs, config
@@ -340,16 +329,10 @@ class BudgetSafeSearchTest(absltest.TestCase):
             return pred, {'rows': len(ms), 'mape_before': 0.0, 'mape_after': 0.0}
 
         originals = search_job.measure_rows, search_job.refit_predictor
-        search_job.measure_rows, search_job.refit_predictor = fake, refit
+        search_job.measure_rows = self._cold_device(checkpoint.load(self.ckpt))
+        search_job.refit_predictor = refit
         try:
-            out = search_job.run(
-                self._config(verify=True,
-                             uncertainty='none',
-                             max_rounds=6,
-                             budgets_ms=(11.0,),
-                             refit_min_rows=1,
-                             measure_point_picks=False),
-                self.create_tempdir().full_path)
+            out = self._loop_at_11ms(max_rounds=6, refit_min_rows=1, measure_point_picks=False)
         finally:
             search_job.measure_rows, search_job.refit_predictor = originals
         rounds = out['rounds']
