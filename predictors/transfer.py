@@ -223,7 +223,7 @@ def finetune(predictor: checkpoint.Predictor,
         raise ValueError(f'shot_weights: shape {ws.shape}, each >= 0 with a positive sum per '
                          f'draw; allowed: float[{s}, {k}] of that kind')
     # Padded to a power of two with rows of weight 0 (the same loss): XLA's compile
-    # of the step loop is the cost (3.5 s on the 2-core CPU, against 0.01 s for its
+    # of the step loop is the cost (2-3.5 s on the 2-core CPU, against 0.01 s for its
     # 200 steps on 48 rows), and the callers' row counts vary from call to call
     # (cross-validation folds, a learning curve, a refit per round).
     pad = max(8, 1 << (k - 1).bit_length()) - k

@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     # 160): 101 device-s against 141-165 s for build_lut's defaults; two builds with
     # the defaults disagreed by 1.40% (median over 500 archs of the table's sum,
     # after one scale factor), this protocol against them by 1.54% and 1.67%.
-    # XLA's compile (about 0.36 s a layer) is the rest of the cost.
+    # XLA's lowering and compile (about 0.37 s a layer) is the rest of the cost.
     c.build_lut.protocol.warmup = 2
     c.build_lut.protocol.repeats = 5
     c.build_lut.protocol.min_time = 0.05
