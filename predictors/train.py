@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import optimize
 
 from ofa_jax import space
 from predictors import features
@@ -355,7 +356,7 @@ def fit_ensemble(train: Callable[[jax.Array], TrainResult], seed: int,
 
 
 def _mac_prior(a: np.ndarray, y: np.ndarray, fspec: features.FeatureSpec, n_k: int) -> np.ndarray:
-    """Prior parameters: per-stage cost per MAC x block MACs, plus fitted fixed terms."""
+    """Prior parameters: per-stage cost per MAC x block MACs, plus fitted fixed terms (all >= 0)."""
     per_knot = space.NUM_BLOCKS * features.NUM_CHOICES
     knot_slots = [space.RESOLUTIONS.index(int(k)) for k in fspec.knots]
     macs = features.block_macs_table(fspec.width)[knot_slots]  # [n_k, 20, 9]
@@ -365,7 +366,11 @@ def _mac_prior(a: np.ndarray, y: np.ndarray, fspec: features.FeatureSpec, n_k: i
     stage_cols[np.arange(n_k * per_knot), np.tile(stage, n_k)] = macs.reshape(-1)
     # Design of the small model: [per-stage MAC scales | fixed terms].
     small = np.concatenate([a[:, :n_k * per_knot] @ stage_cols, a[:, n_k * per_knot:]], axis=1)
-    coef = np.linalg.lstsq(small, y, rcond=None)[0]
+    # Non-negative: a stage's cost per MAC and a resolution's fixed cost are
+    # costs. Unconstrained, a solve on fewer rows than these columns (an
+    # onboarding's first shots) interpolates with negative scales and the
+    # table then predicts latencies <= 0 for sub-networks it has not seen.
+    coef = optimize.nnls(small, y)[0]
     return np.concatenate([stage_cols @ coef[:space.NUM_STAGES], coef[space.NUM_STAGES:]])
 
 

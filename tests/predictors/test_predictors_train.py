@@ -237,6 +237,19 @@ class TrainTest(absltest.TestCase):
         np.testing.assert_allclose(diff_learned, diff_true, atol=1e-2)
         self.assertEqual(result.best_val.shape, (1,))
 
+    def test_a_solve_on_a_handful_of_rows_prices_no_sub_network_at_or_below_zero(self):
+        # Fewer rows than the MAC prior's columns (5 stage scales + 3 fixed
+        # terms): an unconstrained prior interpolates with negative scales and
+        # about one draw in seven then prices some unseen sub-network <= 0.
+        unseen, _, _, _ = synthetic(300, seed=99)
+        for seed in range(40):
+            archs, lat, _, _ = synthetic(6, seed=seed)
+            fspec = features.fit_feature_spec(archs, width=1.2)
+            sol = train_lib.additive_lstsq_init(archs, lat, fspec)
+            a = train_lib.additive_design(unseen, fspec)
+            pred = a @ np.concatenate([sol['block_table'].reshape(-1), sol['fixed']])
+            self.assertGreater(pred.min(), 0.0, f'draw {seed}')
+
     def test_breakdown_adds_up_and_prices_a_block_change(self):
         archs, lat, costs, _ = synthetic(600, resolutions=(176, 224))
         fspec = features.fit_feature_spec(archs[:500], width=1.2)
