@@ -9,7 +9,7 @@ the onboarded checkpoint is scored on the same held-out rows as the fits.
 import json
 import os
 import shlex
-import shutil
+import tempfile
 
 from absl.testing import absltest
 import numpy as np
@@ -45,9 +45,11 @@ class MainOnboardTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.folder = absltest.get_default_test_tmpdir() + '/main_onboard_test'
-        shutil.rmtree(cls.folder, ignore_errors=True)
-        os.makedirs(cls.folder)
+        # One folder per class and process: pytest-xdist may run this class's
+        # tests in both workers, each with its own setUpClass.
+        os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+        cls.folder = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir(),
+                                      prefix='main_onboard_test.')
         csvs = test_onboard.write_device_csvs(cls.folder)
         cls.zoo_dir = os.path.join(cls.folder, 'zoo')
         zoo_job.run(test_onboard.tiny_zoo_config(*csvs), cls.zoo_dir)

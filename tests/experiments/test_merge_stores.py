@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import sqlite3
 import subprocess
 import sys
@@ -67,9 +68,10 @@ class MergeStoresTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.dir = absltest.get_default_test_tmpdir() + '/merge_stores'
-        shutil.rmtree(cls.dir, ignore_errors=True)
-        os.makedirs(cls.dir)
+        # One folder per class and process: pytest-xdist may run this class's
+        # tests in both workers, each with its own setUpClass.
+        os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+        cls.dir = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir(), prefix='merge_stores.')
         cls.shards = []
         for i in range(2):
             path = os.path.join(cls.dir, f'shard_{i}.sqlite')

@@ -6,7 +6,7 @@ steps), then a device is onboarded from it with 1 reference arch and 5 shots.
 
 import json
 import os
-import shutil
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -77,9 +77,11 @@ class OnboardTest(parameterized.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.folder = absltest.get_default_test_tmpdir() + '/onboard_test'
-        shutil.rmtree(cls.folder, ignore_errors=True)
-        os.makedirs(cls.folder)
+        # One folder per class and process: pytest-xdist may run this class's
+        # tests in both workers, each with its own setUpClass.
+        os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+        cls.folder = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir(),
+                                      prefix='onboard_test.')
         cls.csvs = write_device_csvs(cls.folder)
         cls.zoo_dir = os.path.join(cls.folder, 'zoo')
         cls.zoo_summary = zoo_job.run(tiny_zoo_config(*cls.csvs), cls.zoo_dir)

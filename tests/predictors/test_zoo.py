@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 
 from absl.testing import absltest
 import numpy as np
@@ -70,9 +71,10 @@ class ZooTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.folder = absltest.get_default_test_tmpdir() + '/zoo_test'
-        shutil.rmtree(cls.folder, ignore_errors=True)
-        os.makedirs(cls.folder)
+        # One folder per class and process: pytest-xdist may run this class's
+        # tests in both workers, each with its own setUpClass.
+        os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+        cls.folder = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir(), prefix='zoo_test.')
         cls.csvs = write_device_csvs(cls.folder)
         cls.zoo_dir = os.path.join(cls.folder, 'zoo')
         write_zoo(cls.zoo_dir, cls.csvs)
