@@ -395,6 +395,37 @@ class LookupTable:
         return dict(self.tables[int(resolution)])
 
 
+@dataclasses.dataclass(frozen=True)
+class Recalibrated:
+    """A lookup table's sums mapped onto a device's measurements: ``exp(offset) * sum ** scale``.
+
+    A LUT times each layer alone, so its sums miss what a whole network costs
+    beyond its layers (fusion across them, launch and memory traffic), by a
+    share that grows or shrinks with size. Two numbers fitted on measured
+    sub-networks (log-space least squares, as ``transfer.affine_fit``) take
+    most of that out, and the table's entries still rank the blocks.
+    """
+
+    table: LookupTable
+    scale: float
+    offset: float
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return self.table.resolutions
+
+    def predict(self, archs: space.Arch) -> jnp.ndarray:
+        """Recalibrated latency (float32 ms); pure ``jnp`` like :meth:`LookupTable.predict`."""
+        raw = self.table.predict(archs)
+        return jnp.exp(self.scale * jnp.log(raw) + self.offset).astype(jnp.float32)
+
+    __call__ = predict
+
+    def predict_np(self, archs: space.Arch) -> np.ndarray:
+        """Host path: float64 ms."""
+        return np.exp(self.scale * np.log(self.table.predict_np(archs)) + self.offset)
+
+
 def load_lut(path_or_dir: str | os.PathLike,
              *,
              width: float = 1.2,

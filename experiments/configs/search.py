@@ -61,7 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Between rounds, also refit a predictor checkpoint (single member) on every
     # row the device measured (the store's and the loop's) and search under the
     # refitted estimate: it learns where its picks measured over budget. A LUT
-    # or an ensemble is not refitted (its constraint is only tightened).
+    # is recalibrated on the same rows (exp(b) * sum ** a); an ensemble is not
+    # refitted (its constraint is only tightened).
     c.loop_refit = True
     c.refit_steps = 300  # Adam steps, full batch, every layer
     c.refit_min_rows = 50  # fewer measured rows (no store, say): tighten only

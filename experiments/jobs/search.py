@@ -93,7 +93,7 @@ def load_latency(path: str,
                           'covers') from None
     except ValueError as err:
         raise ConfigError(f'config.latency: {err}') from None
-    return table.predict, tuple(table.resolutions), f'OFA LUT {path}'
+    return table, tuple(table.resolutions), f'OFA LUT {path}'
 
 
 def load_objective(path: str, width: float) -> objectives.Objective:
@@ -405,6 +405,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             print(f'NOTE: no refit: {len(ms)} measured rows, fewer than '
                   f'config.refit_min_rows={config.refit_min_rows}; the constraint is tightened')
             return None
+        if isinstance(latency_fn, lut.LookupTable):
+            tuned, info = refit_lut(latency_fn, archs, ms, config)
+            info['recalibration'] = os.path.join(workdir, 'refitted_lut.json')
+            files.write_json(
+                info['recalibration'], {
+                    'lut': str(config.latency),
+                    'form': 'exp(offset) * lut_ms ** scale',
+                    'scale': tuned.scale,
+                    'offset': tuned.offset,
+                    'rows': int(len(ms))
+                })
+            return compile_search(tuned), tuned, info
         tuned, info = refit_predictor(latency_fn, archs, ms, config)
         # Kept: a user can search with it again (it knows this device better).
         # Without the calibration: its held-out rows are now training rows.
@@ -589,11 +601,15 @@ def _round_summary(k: int, results: list[dict[str, Any]], budgets: np.ndarray) -
 def refits(config: ml_collections.ConfigDict, latency_fn: LatencyFn) -> bool:
     """Whether the closed loop refits ``latency_fn`` on what it measured (``config.loop_refit``).
 
-    Only a single-member predictor checkpoint can be refitted; a LUT or an
-    ensemble keeps its estimates and the loop only tightens its constraint.
+    A single-member predictor checkpoint is fine-tuned (:func:`refit_predictor`),
+    a LUT recalibrated (:func:`refit_lut`); an ensemble keeps its estimates and
+    the loop only tightens its constraint.
     """
-    return bool(config.loop_refit) and isinstance(latency_fn,
-                                                  checkpoint.Predictor) and not latency_fn.ensemble
+    if not config.loop_refit:
+        return False
+    if isinstance(latency_fn, lut.LookupTable):
+        return True
+    return isinstance(latency_fn, checkpoint.Predictor) and not latency_fn.ensemble
 
 
 def refit_rows(rows: list[dict[str, Any]],
@@ -641,6 +657,32 @@ def refit_predictor(predictor: checkpoint.Predictor, archs: space.Arch, ms: np.n
     return tuned, {'rows': int(len(ms)), 'mape_before': mape(before), 'mape_after': mape(after)}
 
 
+def refit_lut(table: lut.LookupTable, archs: space.Arch, ms: np.ndarray,
+              config: ml_collections.ConfigDict) -> tuple[lut.Recalibrated, dict]:
+    """``table`` recalibrated on measured rows: ``exp(b) * sum ** a``, log-space least squares.
+
+    The rows are :func:`refit_rows`'. The table's entries are kept: where a
+    fine-tune would relearn a predictor's weights, the LUT's two numbers take
+    out the share by which its sums miss whole-network latency on this device
+    (onboarding's ``lut_affine``), and its picks then start near the budget.
+    """
+    del config
+    raw = table.predict_np(archs)
+    a, b = transfer.affine_fit(raw, ms)
+    tuned = lut.Recalibrated(table, float(a), float(b))
+
+    def mape(p):
+        return float(np.mean(np.abs(p / ms - 1.0)) * 100.0)
+
+    return tuned, {
+        'rows': int(len(ms)),
+        'mape_before': mape(raw),
+        'mape_after': mape(tuned.predict_np(archs)),
+        'scale': float(a),
+        'offset': float(b)
+    }
+
+
 def _close_loop(
     compiled: Any,
     seeds: np.ndarray,
@@ -660,7 +702,7 @@ def _close_loop(
     pick that measured within budget; after the last round one that never did
     keeps its last pick with ``within_budget: false``. Between rounds:
 
-    * with ``refit`` (a predictor, ``config.loop_refit``), the estimator is
+    * with ``refit`` (a predictor or a LUT, ``config.loop_refit``), the estimator is
       refitted on every row measured so far (the store's and this loop's) and
       the search recompiled: an estimate wrong in one region (an MLP that
       rates large sub-networks faster than small ones) learns what its picks

@@ -7,6 +7,7 @@ on the point estimate pick sub-networks over budget.
 
 import json
 import os
+import tempfile
 
 from absl.testing import absltest
 import numpy as np
@@ -24,6 +25,7 @@ from ofa_jax.latency import fingerprint as fp_lib
 from ofa_jax.latency import store as store_lib
 from predictors import checkpoint
 from predictors import conformal
+from predictors import lut
 
 SLOWER = 1.15
 
@@ -33,8 +35,10 @@ class BudgetSafeSearchTest(absltest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.folder = absltest.get_default_test_tmpdir() + '/budget_safe'
-        os.makedirs(cls.folder, exist_ok=True)
+        # One folder per class and process: pytest-xdist may run this class's
+        # tests in both workers, each with its own setUpClass.
+        os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+        cls.folder = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir(), prefix='budget_safe.')
         archs = space.sample_np(np.random.default_rng(7), 150, resolutions=(160, 192))
         rng = np.random.default_rng(8)
         lat = (1.0 + 0.2 * np.asarray(archs.depth).sum(-1) +
@@ -372,6 +376,64 @@ class BudgetSafeSearchTest(absltest.TestCase):
         kept = checkpoint.load(refit['checkpoint'])
         self.assertIsNone(kept.calibration)
         self.assertEqual(kept.meta['refit']['rows'], 64)
+
+    def test_the_loop_recalibrates_a_lut_on_the_store(self):
+        # A LUT whose sums miss this device by a power law (1.3 x sum ** 1.1,
+        # what a table of layers timed alone does to whole networks): every
+        # round-0 pick measures over budget. Recalibrated on the store's 60
+        # rows and round 0's picks, the next picks measure within it.
+        rng = np.random.default_rng(11)
+        table = lut.LookupTable(
+            {
+                r: {
+                    k: lut.LutEntry(3,
+                                    float(rng.uniform(0.05, 0.3)) * r / 160, 0.0)
+                    for k in lut.all_keys(r, 1.2, 1000)
+                } for r in (160, 192)
+            },
+            width=1.2,
+            num_classes=1000)
+        lut_dir = self.create_tempdir().full_path
+        lut.save_lut(lut_dir, table)
+
+        def device(archs):
+            return 1.3 * table.predict_np(archs)**1.1
+
+        archs = space.sample_np(np.random.default_rng(5), 60, resolutions=(160, 192))
+        budget = float(np.median(device(archs)))
+        cfg = self._config(latency=lut_dir,
+                           verify=True,
+                           device='cpu',
+                           depthwise='auto',
+                           num_classes=1000,
+                           uncertainty='none',
+                           measure_point_picks=False,
+                           budgets_ms=(budget,))
+        cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
+        self._store(cfg, zip(space.unstack(archs), device(archs)))
+        original = search_job.measure_rows
+        search_job.measure_rows = lambda a, config: [float(v)
+                                                     for v in device(space.stack(a))] if a else []
+        work = self.create_tempdir().full_path
+        try:
+            out = search_job.run(cfg, work)
+        finally:
+            search_job.measure_rows = original
+        rounds = out['rounds']
+        self.assertEqual(rounds[0]['within_budget'], 0)
+        refit = rounds[1]['refit']
+        self.assertEqual(refit['rows'], 62)  # The store's 60 and round 0's 2 picks.
+        self.assertGreater(refit['mape_before'], 20.0)
+        self.assertLess(refit['mape_after'], 1.0)
+        self.assertEqual(rounds[-1]['share_within_budget'], 1.0)
+        with open(os.path.join(work, 'refitted_lut.json')) as f:
+            kept = json.load(f)
+        self.assertEqual((kept['rows'], kept['lut']), (62, lut_dir))
+        self.assertBetween(kept['scale'], 1.0, 1.1)  # Its ridge on (a - 1)^2 pulls toward 1.
+        np.testing.assert_allclose(lut.Recalibrated(table, kept['scale'],
+                                                    kept['offset']).predict_np(archs),
+                                   device(archs),
+                                   rtol=0.02)
 
     def test_refit_rows_merge_the_store_and_the_measured_rows(self):
         cfg = self._config(verify=True, device='cpu', depthwise='auto', num_classes=1000)
