@@ -401,12 +401,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     def refit(rows: list[dict[str, Any]]) -> tuple[Any, LatencyFn, dict[str, Any]] | None:
         archs, ms = refit_rows(rows, config)
+        if isinstance(latency_fn, lut.LookupTable):
+            # Only the rows at resolutions the table covers have a sum to map.
+            archs, ms = lut_rows(latency_fn, archs, ms)
         if len(ms) < int(config.refit_min_rows):
             print(f'NOTE: no refit: {len(ms)} measured rows, fewer than '
                   f'config.refit_min_rows={config.refit_min_rows}; the constraint is tightened')
             return None
         if isinstance(latency_fn, lut.LookupTable):
-            tuned, info = refit_lut(latency_fn, archs, ms, config)
+            tuned, info = refit_lut(latency_fn, archs, ms)
+            os.makedirs(workdir, exist_ok=True)
             info['recalibration'] = os.path.join(workdir, 'refitted_lut.json')
             files.write_json(
                 info['recalibration'], {
@@ -657,16 +661,24 @@ def refit_predictor(predictor: checkpoint.Predictor, archs: space.Arch, ms: np.n
     return tuned, {'rows': int(len(ms)), 'mape_before': mape(before), 'mape_after': mape(after)}
 
 
-def refit_lut(table: lut.LookupTable, archs: space.Arch, ms: np.ndarray,
-              config: ml_collections.ConfigDict) -> tuple[lut.Recalibrated, dict]:
+def lut_rows(table: lut.LookupTable, archs: space.Arch,
+             ms: np.ndarray) -> tuple[space.Arch, np.ndarray]:
+    """The rows at resolutions ``table`` covers (a store may hold others)."""
+    keep = np.isin(np.asarray(archs.resolution), table.resolutions)
+    return jax.tree_util.tree_map(lambda v: np.asarray(v)[keep],
+                                  archs), np.asarray(ms, np.float64)[keep]
+
+
+def refit_lut(table: lut.LookupTable, archs: space.Arch,
+              ms: np.ndarray) -> tuple[lut.Recalibrated, dict]:
     """``table`` recalibrated on measured rows: ``exp(b) * sum ** a``, log-space least squares.
 
-    The rows are :func:`refit_rows`'. The table's entries are kept: where a
-    fine-tune would relearn a predictor's weights, the LUT's two numbers take
-    out the share by which its sums miss whole-network latency on this device
+    The rows are :func:`refit_rows`' at the table's resolutions
+    (:func:`lut_rows`). The table's entries are kept: where a fine-tune would
+    relearn a predictor's weights, the LUT's two numbers take out the share
+    by which its sums miss whole-network latency on this device
     (onboarding's ``lut_affine``), and its picks then start near the budget.
     """
-    del config
     raw = table.predict_np(archs)
     a, b = transfer.affine_fit(raw, ms)
     tuned = lut.Recalibrated(table, float(a), float(b))
