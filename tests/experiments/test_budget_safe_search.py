@@ -381,7 +381,8 @@ class BudgetSafeSearchTest(absltest.TestCase):
         # A LUT whose sums miss this device by a power law (1.3 x sum ** 1.1,
         # what a table of layers timed alone does to whole networks): every
         # round-0 pick measures over budget. Recalibrated on the store's 60
-        # rows and round 0's picks, the next picks measure within it.
+        # rows and round 0's picks, with a bound from its own misses, the next
+        # picks measure within it.
         rng = np.random.default_rng(11)
         table = lut.LookupTable(
             {
@@ -401,13 +402,19 @@ class BudgetSafeSearchTest(absltest.TestCase):
 
         archs = space.sample_np(np.random.default_rng(5), 60, resolutions=(160, 192))
         budget = float(np.median(device(archs)))
+        # The table's own calibration, from rows where its sums were 2-8% low.
+        raw = table.predict_np(archs)
+        old = conformal.fit(raw, raw * rng.uniform(1.02, 1.08, raw.shape))
+        cal_path = old.save(self.create_tempdir().full_path)
         cfg = self._config(latency=lut_dir,
                            verify=True,
                            device='cpu',
                            depthwise='auto',
                            num_classes=1000,
-                           uncertainty='none',
+                           uncertainty='conformal',
+                           calibration=cal_path,
                            measure_point_picks=False,
+                           compare_uncorrected=False,
                            budgets_ms=(budget,))
         cfg.verify_store = os.path.join(self.create_tempdir().full_path, 'lat.sqlite')
         self._store(cfg, zip(space.unstack(archs), device(archs)))
@@ -428,6 +435,10 @@ class BudgetSafeSearchTest(absltest.TestCase):
         self.assertEqual(refit['rows'], 62)  # The store's 60 and round 0's 2 picks.
         self.assertGreater(refit['mape_before'], 20.0)
         self.assertLess(refit['mape_after'], 1.0)
+        # The bound after the refit: from the recalibrated table's cross-validated
+        # misses (none: the device is the power law), not the raw table's.
+        self.assertGreater(old.factors(0.9).min(), 1.05)
+        self.assertLess(refit['bound_over_estimate'], 1.01)
         self.assertEqual(rounds[-1]['share_within_budget'], 1.0)
         with open(os.path.join(work, 'refitted_lut.json')) as f:
             kept = json.load(f)
