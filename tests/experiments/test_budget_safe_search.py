@@ -91,6 +91,15 @@ class BudgetSafeSearchTest(absltest.TestCase):
 
         return fake
 
+    def _run_measured_by(self, cfg, fake, workdir=None):
+        """The search job with ``search.measure_rows`` replaced by ``fake`` for the run."""
+        original = search_job.measure_rows
+        search_job.measure_rows = fake
+        try:
+            return search_job.run(cfg, workdir or self.create_tempdir().full_path)
+        finally:
+            search_job.measure_rows = original
+
     def _store(self, cfg, rows, batch=1):
         """Writes ``(arch, ms)`` rows under the verification's key into ``cfg.verify_store``."""
         protocol = search_job.cf.protocol(cfg.protocol)
@@ -360,12 +369,7 @@ class BudgetSafeSearchTest(absltest.TestCase):
         predictor = checkpoint.load(self.ckpt)
         archs = space.sample_np(np.random.default_rng(5), 60, resolutions=(160, 192))
         self._store(cfg, zip(space.unstack(archs), SLOWER * np.asarray(predictor(archs))))
-        original = search_job.measure_rows
-        search_job.measure_rows, _ = self._slow_device(predictor)
-        try:
-            out = search_job.run(cfg, self.create_tempdir().full_path)
-        finally:
-            search_job.measure_rows = original
+        out = self._run_measured_by(cfg, self._slow_device(predictor)[0])
         rounds = out['rounds']
         self.assertEqual(rounds[0]['within_budget'], 0)
         refit = rounds[1]['refit']
@@ -421,14 +425,9 @@ class BudgetSafeSearchTest(absltest.TestCase):
         # Rows the table has no sum for (it covers 160 and 192): not learnt from.
         self._store(cfg,
                     [(a, 9.0) for a in space.unstack(space.sample_np(rng, 3, resolutions=(224,)))])
-        original = search_job.measure_rows
-        search_job.measure_rows = lambda a, config: [float(v)
-                                                     for v in device(space.stack(a))] if a else []
         work = os.path.join(self.create_tempdir().full_path, 'new')  # Made by the job.
-        try:
-            out = search_job.run(cfg, work)
-        finally:
-            search_job.measure_rows = original
+        out = self._run_measured_by(
+            cfg, lambda a, config: [float(v) for v in device(space.stack(a))] if a else [], work)
         rounds = out['rounds']
         self.assertEqual(rounds[0]['within_budget'], 0)
         refit = rounds[1]['refit']
