@@ -356,7 +356,10 @@ def fit_ensemble(train: Callable[[jax.Array], TrainResult], seed: int,
 
 
 def _mac_prior(a: np.ndarray, y: np.ndarray, fspec: features.FeatureSpec, n_k: int) -> np.ndarray:
-    """Prior parameters: per-stage cost per MAC x block MACs, plus fitted fixed terms (all >= 0)."""
+    """Prior parameters: per-stage cost per MAC x block MACs, plus fitted fixed terms.
+
+    All >= 0 when the targets are (latencies, or latencies over a scale).
+    """
     per_knot = space.NUM_BLOCKS * features.NUM_CHOICES
     knot_slots = [space.RESOLUTIONS.index(int(k)) for k in fspec.knots]
     macs = features.block_macs_table(fspec.width)[knot_slots]  # [n_k, 20, 9]
@@ -370,7 +373,12 @@ def _mac_prior(a: np.ndarray, y: np.ndarray, fspec: features.FeatureSpec, n_k: i
     # costs. Unconstrained, a solve on fewer rows than these columns (an
     # onboarding's first shots) interpolates with negative scales and the
     # table then predicts latencies <= 0 for sub-networks it has not seen.
-    coef = optimize.nnls(small, y)[0]
+    # Targets that are not latencies (a standardised or log target, which
+    # can be < 0) keep the unconstrained solve: their fixed terms shift.
+    if np.all(y > 0):
+        coef = optimize.nnls(small, y)[0]
+    else:
+        coef = np.linalg.lstsq(small, y, rcond=None)[0]
     return np.concatenate([stage_cols @ coef[:space.NUM_STAGES], coef[space.NUM_STAGES:]])
 
 

@@ -414,8 +414,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             bound_cal = cal
             if cal is not None:
                 # The table's calibration measured the raw sums' misses (17% on
-                # q25's rows): kept, the bound of the recalibrated table left
-                # a fifth of every budget unused. Recalibrated from these rows'
+                # q25's rows): kept, it put the recalibrated table's picks at
+                # 80% of the budget. Recalibrated from these rows'
                 # cross-validated predictions instead.
                 bound_cal = conformal.fit(oof,
                                           ms,
