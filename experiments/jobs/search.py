@@ -704,25 +704,28 @@ def refit_lut(table: lut.LookupTable, archs: space.Arch,
       fit without its fold (:data:`LUT_REFIT_FOLDS` interleaved folds), for a
       conformal bound, and the refit's summary).
     """
-    raw = table.predict_np(archs)
-    a, b = transfer.affine_fit(raw, ms)
-    tuned = lut.Recalibrated(table, float(a), float(b))
+    raw = table.predict_np(archs)  # The sums, looked up once.
+
+    def fitted(rows):  # On ``rows``, the recalibration and its predictions of every row.
+        a, b = transfer.affine_fit(raw[rows], ms[rows])
+        return float(a), float(b), np.exp(a * np.log(raw) + b)
+
+    a, b, after = fitted(np.ones(len(ms), bool))
     fold = np.arange(len(ms)) % LUT_REFIT_FOLDS
     oof = np.empty(len(ms))
     for f in range(LUT_REFIT_FOLDS):
-        af, bf = transfer.affine_fit(raw[fold != f], ms[fold != f])
-        oof[fold == f] = np.exp(af * np.log(raw[fold == f]) + bf)
+        oof[fold == f] = fitted(fold != f)[2][fold == f]
 
     def mape(p):
         return float(np.mean(np.abs(p / ms - 1.0)) * 100.0)
 
-    return tuned, oof, {
+    return lut.Recalibrated(table, a, b), oof, {
         'rows': int(len(ms)),
         'mape_before': mape(raw),
-        'mape_after': mape(tuned.predict_np(archs)),
+        'mape_after': mape(after),
         'mape_cross_validated': mape(oof),
-        'scale': float(a),
-        'offset': float(b)
+        'scale': a,
+        'offset': b
     }
 
 
